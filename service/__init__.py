@@ -1,0 +1,1 @@
+"""The outermost layer: the FastAPI webhook and admin API, and the `sectra-bridge` CLI."""

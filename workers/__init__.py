@@ -1,0 +1,1 @@
+"""Settings, the Redis run store, the Celery app and the run pipeline."""

@@ -1,0 +1,54 @@
+"""Process-wide settings, read from the environment (and a `.env` file).
+
+The variable names are a deployment contract (see DESIGN.md): Helm charts and
+hospital runbooks set them, so they are spelled out here rather than derived.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob the bridge reads; defaults are safe for a hospital (refuse, not allow)."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    strand_api_key: SecretStr | None = Field(default=None, alias="STRAND_API_KEY")
+    strand_base_url: str = Field(default="https://app.strandai.com", alias="STRAND_BASE_URL")
+    redis_url: str = Field(default="redis://localhost:6379/0", alias="REDIS_URL")
+    apps_file: Path | None = Field(default=None, alias="BRIDGE_APPS_FILE")
+    allowed_callback_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, alias="SECTRA_ALLOWED_CALLBACK_URLS"
+    )
+    allow_http: bool = Field(default=False, alias="SECTRA_ALLOW_HTTP")
+    webhook_token: SecretStr | None = Field(default=None, alias="BRIDGE_WEBHOOK_TOKEN")
+    admin_token: SecretStr | None = Field(default=None, alias="BRIDGE_ADMIN_TOKEN")
+    work_dir: Path = Field(
+        default_factory=lambda: Path(tempfile.gettempdir()) / "sectra-bridge", alias="BRIDGE_WORK_DIR"
+    )
+    # Sectra client credentials for refreshing an expired callback token (POST /token).
+    sectra_client_id: str | None = Field(default=None, alias="SECTRA_CLIENT_ID")
+    sectra_client_secret: SecretStr | None = Field(default=None, alias="SECTRA_CLIENT_SECRET")
+    # How long run records and their audit trail are kept in Redis.
+    run_retention_days: int = Field(default=30, alias="BRIDGE_RUN_RETENTION_DAYS", ge=1)
+    log_level: str = Field(default="INFO", alias="BRIDGE_LOG_LEVEL")
+
+    @field_validator("allowed_callback_urls", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """One parsed settings object per process; tests call `get_settings.cache_clear()`."""
+    return Settings()
