@@ -1,0 +1,102 @@
+"""JSON logs and Prometheus metrics for both roles (web and worker).
+
+Logs are one JSON object per line with `run_id`, `app`, `stage` and `event`
+when known, so an operator can follow a run across processes with `grep`.
+Secrets and PHI must never reach a log line: callers log identifiers and
+counts, and the formatter additionally masks anything shaped like a bearer
+token or a Strand key in case one slips into an exception message.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_run_context: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "bridge_run_context", default=None
+)
+
+_SECRET_PATTERNS = [
+    re.compile(r"sk-strand-[A-Za-z0-9_\-]+"),
+    re.compile(r"(?i)(bearer|basic)\s+[A-Za-z0-9._~+/=\-]+"),
+    re.compile(r"(?i)(token|api[_-]?key|secret|password)(['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+"),
+]
+_STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+def redact(text: str) -> str:
+    """Mask anything that looks like a credential; a last line of defence, not the first."""
+    text = _SECRET_PATTERNS[0].sub("sk-strand-***", text)
+    text = _SECRET_PATTERNS[1].sub(lambda m: f"{m.group(1)} ***", text)
+    return _SECRET_PATTERNS[2].sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, carrying the current run's context."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        entry.update(_run_context.get() or {})
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD_ATTRS and not key.startswith("_"):
+                entry[key] = value if isinstance(value, (int, float, bool)) or value is None else str(value)
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return redact(json.dumps(entry, default=str))
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Route every logger (ours, Celery's, uvicorn's) through the JSON formatter on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("httpx", "httpcore", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@contextmanager
+def run_context(**fields: str) -> Iterator[None]:
+    """Attach `run_id`, `app`, `stage` (any subset) to every log line inside the block."""
+    merged = {**(_run_context.get() or {}), **{k: v for k, v in fields.items() if v}}
+    token = _run_context.set(merged)
+    try:
+        yield
+    finally:
+        _run_context.reset(token)
+
+
+RUNS_FINISHED = Counter("bridge_runs_finished_total", "Runs that reached a final status", ["app", "status"])
+RUNS_STARTED = Counter("bridge_runs_started_total", "Runs accepted from Sectra", ["app"])
+RUNS_IN_FLIGHT = Gauge("bridge_runs_in_flight", "Runs not yet in a final status", multiprocess_mode="livesum")
+STAGE_SECONDS = Histogram(
+    "bridge_stage_duration_seconds",
+    "Wall time of one pipeline stage execution",
+    ["stage"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
+)
+BYTES_DOWNLOADED = Counter("bridge_slide_bytes_downloaded_total", "Slide bytes streamed from Sectra")
+BYTES_UPLOADED = Counter("bridge_slide_bytes_uploaded_total", "Slide bytes sent to Strand")
+CREDITS_RESERVED = Counter(
+    "bridge_strand_credits_reserved_total", "Credits reserved by submitted jobs", ["app"]
+)
+EXTERNAL_CALLS = Counter(
+    "bridge_external_calls_total", "Outbound calls by service and outcome", ["service", "outcome"]
+)
+QUEUE_DEPTH = Gauge("bridge_queue_depth", "Tasks waiting in the Celery queue")
