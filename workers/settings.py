@@ -39,6 +39,13 @@ class Settings(BaseSettings):
     # How long run records and their audit trail are kept in Redis.
     run_retention_days: int = Field(default=30, alias="BRIDGE_RUN_RETENTION_DAYS", ge=1)
     log_level: str = Field(default="INFO", alias="BRIDGE_LOG_LEVEL")
+    # 0 = one Strand status query per wait step; > 0 = follow the SSE stream that long per step.
+    wait_slice_seconds: float = Field(default=0.0, alias="BRIDGE_WAIT_SLICE_SECONDS", ge=0, le=60)
+    progress_interval_seconds: float = Field(default=5.0, alias="BRIDGE_PROGRESS_INTERVAL_SECONDS", ge=0)
+    # A run lease outlives a dead worker by at most this long before recovery re-drives the run.
+    lease_seconds: float = Field(default=60.0, alias="BRIDGE_LEASE_SECONDS", gt=1)
+    worker_metrics_port: int = Field(default=9100, alias="BRIDGE_WORKER_METRICS_PORT")
+    public_url: str | None = Field(default=None, alias="BRIDGE_PUBLIC_URL")
 
     @field_validator("allowed_callback_urls", mode="before")
     @classmethod

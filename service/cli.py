@@ -1,0 +1,151 @@
+"""`sectra-bridge`: the one command operators and the container image use."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+
+
+@click.group()
+def main() -> None:
+    """Connects a Sectra digital-pathology PACS to the Strand AI platform."""
+
+
+@main.command()
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+def serve(host: str, port: int) -> None:
+    """Run the webhook and admin API."""
+    import uvicorn
+
+    from service.app import create_app
+    from workers.observability import configure_logging
+    from workers.settings import get_settings
+
+    configure_logging(get_settings().log_level)
+    uvicorn.run(create_app(), host=host, port=port, log_config=None, access_log=False)
+
+
+@main.command()
+@click.option("--concurrency", default=4, show_default=True, type=int)
+def worker(concurrency: int) -> None:
+    """Run a Celery worker for all of the bridge's queues."""
+    from workers.worker_main import run_worker
+
+    run_worker(concurrency)
+
+
+@main.command()
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds before the demo gives up.")
+def demo(timeout: float) -> None:
+    """Run one sample slide end to end on this machine, with no external services."""
+    from service.demo import run_demo
+
+    sys.exit(run_demo(timeout=timeout))
+
+
+@main.command()
+@click.argument("app_id")
+@click.option("--url", required=True, help="The URL Sectra will call for this app (this service's route).")
+def registration(app_id: str, url: str) -> None:
+    """Print the Sectra registration JSON for an app."""
+    from service.registration import build_registration
+    from workers.apps import load_apps
+    from workers.settings import get_settings
+
+    apps = load_apps(get_settings().apps_file)
+    if app_id not in apps:
+        raise click.ClickException(f"unknown app {app_id!r}; configured apps: {', '.join(sorted(apps))}")
+    click.echo(json.dumps(build_registration(apps[app_id], url).model_dump(mode="json"), indent=2))
+
+
+@main.command("fake-strand")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8100, show_default=True, type=int)
+def fake_strand(host: str, port: int) -> None:
+    """Run the fake Strand server standalone (for trials without a Strand account)."""
+    from strand_client.testing import serve_forever
+
+    serve_forever(host, port)
+
+
+@main.group()
+def runs() -> None:
+    """Inspect and re-drive runs."""
+
+
+def _store():  # type: ignore[no-untyped-def]
+    from workers import runtime
+
+    return runtime.context().store
+
+
+@runs.command("list")
+@click.option("--status", default=None, help="Only runs in this status.")
+@click.option("--app", "app_id", default=None, help="Only runs of this app.")
+@click.option("--limit", default=50, show_default=True, type=int)
+def runs_list(status: str | None, app_id: str | None, limit: int) -> None:
+    """List recent runs, newest first."""
+    from workers.runstore import RunStatus
+
+    try:
+        wanted = RunStatus(status) if status else None
+    except ValueError as exc:
+        raise click.ClickException(
+            f"unknown status {status!r}; one of: {', '.join(s.value for s in RunStatus)}"
+        ) from exc
+    records = _store().list_runs(status=wanted, app_id=app_id, limit=limit)
+    if not records:
+        click.echo("no runs")
+        return
+    click.echo(f"{'RUN':36}  {'APP':18}  {'STATUS':13}  {'UPDATED':19}  MESSAGE")
+    for r in records:
+        updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.updated_at))
+        click.echo(f"{r.run_id:36}  {r.app_id[:18]:18}  {r.status.value:13}  {updated}  {r.message or ''}")
+
+
+@runs.command("show")
+@click.argument("run_id")
+def runs_show(run_id: str) -> None:
+    """Show a run's record and its audit trail."""
+    store = _store()
+    record = store.get(run_id)
+    if record is None:
+        raise click.ClickException(f"no run {run_id}")
+    click.echo(json.dumps(record.public_dict(), indent=2, default=str))
+    click.echo("events:")
+    for event in store.events(run_id):
+        click.echo("  " + json.dumps(event, default=str))
+
+
+@runs.command("retry")
+@click.argument("run_id")
+def runs_retry(run_id: str) -> None:
+    """Re-drive a failed run from its last good checkpoint (no re-upload, no re-submit)."""
+    from workers.dispatch import retry_run
+    from workers.runstore import IllegalTransition, RunNotFound
+
+    try:
+        stage = retry_run(run_id)
+    except RunNotFound as exc:
+        raise click.ClickException(f"no run {run_id}") from exc
+    except IllegalTransition as exc:
+        raise click.ClickException(f"run {run_id} cannot be retried: {exc}") from exc
+    click.echo(f"run {run_id} restarts at {stage.value}")
+
+
+@runs.command("cancel")
+@click.argument("run_id")
+def runs_cancel(run_id: str) -> None:
+    """Ask a run to stop at its next checkpoint (its Strand job is cancelled and refunded)."""
+    from workers.dispatch import cancel_run
+    from workers.runstore import RunNotFound
+
+    try:
+        cancel_run(run_id)
+    except RunNotFound as exc:
+        raise click.ClickException(f"no run {run_id}") from exc
+    click.echo(f"run {run_id}: cancellation requested")

@@ -1,0 +1,53 @@
+"""The Celery application: Redis broker, late acks, one task at a time per worker slot.
+
+Every pipeline step is short and idempotent and checkpoints in the run store,
+so redelivery after a crash is safe; the settings below make sure a crash
+*does* lead to redelivery instead of a silently lost run.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from workers.settings import get_settings
+
+QUEUE = "bridge"
+
+# Longer than the longest single step (a multi-GiB slide download or upload on a slow
+# hospital uplink). Kombu re-delivers an unacked message only after this long, so crash
+# recovery does not rely on it: workers re-drive orphaned runs at start-up (see recovery.py).
+VISIBILITY_TIMEOUT_SECONDS = 6 * 3600
+SOFT_SHUTDOWN_SECONDS = 60.0
+
+
+def make_celery(broker_url: str | None = None) -> Celery:
+    """Build the app; tests and the demo pass their own broker URL."""
+    url = broker_url or get_settings().redis_url
+    app = Celery("sectra_bridge", broker=url, include=["workers.tasks"])
+    transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS}
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_default_queue=QUEUE,
+        task_serializer="json",
+        accept_content=["json"],
+        # Celery reads the visibility timeout in three places; they must agree.
+        broker_transport_options=transport_options,
+        result_backend_transport_options=transport_options,
+        visibility_timeout=VISIBILITY_TIMEOUT_SECONDS,
+        broker_connection_retry_on_startup=True,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_hijack_root_logger=False,
+        task_time_limit=VISIBILITY_TIMEOUT_SECONDS - 600,
+        worker_send_task_events=False,
+        # On SIGTERM, let running steps finish for up to a minute (the Helm chart's grace period
+        # is set above this), then requeue; every step is idempotent so either outcome is safe.
+        worker_soft_shutdown_timeout=SOFT_SHUTDOWN_SECONDS,
+        worker_enable_soft_shutdown_on_idle=True,
+    )
+    return app
+
+
+celery_app = make_celery()

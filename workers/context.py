@@ -1,0 +1,79 @@
+"""What every pipeline stage needs: settings, the app catalogue, the run store, and the two clients.
+
+Built once per worker process (clients keep their connection pools), and
+built by tests and the demo with their own servers' addresses.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from sectra_adapter.client import SectraAdapter
+from strand_client import Client as StrandClient
+from workers.apps import AppConfig
+from workers.runstore import RunRecord, RunStore
+from workers.settings import Settings
+from workers.upload_index import UploadIndex
+
+
+class RunCancelled(Exception):
+    """Raised at a checkpoint when Sectra or an operator asked the run to stop."""
+
+
+@dataclass
+class PipelineContext:
+    settings: Settings
+    apps: dict[str, AppConfig]
+    store: RunStore
+    strand_factory: Callable[[], StrandClient]
+    uploads: UploadIndex
+    sectra_transport: httpx.BaseTransport | None = None
+    # 0 = one status query per wait step; > 0 = follow the SSE stream for that many seconds.
+    wait_slice_seconds: float = 0.0
+    # Attempts of a transiently failing step before the run is failed in plain words.
+    max_attempts: int = 8
+    progress_interval: float = 5.0
+    _strand: StrandClient | None = field(default=None, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def strand(self) -> StrandClient:
+        """One Strand client per process: its pool is shared by all runs on this worker."""
+        with self._lock:
+            if self._strand is None:
+                self._strand = self.strand_factory()
+            return self._strand
+
+    def sectra(self, record: RunRecord) -> SectraAdapter:
+        """A Sectra adapter for this run's callback (each invocation names its own Sectra and token)."""
+        secret = self.settings.sectra_client_secret
+        return SectraAdapter(
+            record.callback_url,
+            record.callback_token,
+            allow_http=self.settings.allow_http,
+            client_id=self.settings.sectra_client_id,
+            client_secret=secret.get_secret_value() if secret else None,
+            application_id=record.app_id,
+            transport=self.sectra_transport,
+        )
+
+    def app(self, record: RunRecord) -> AppConfig:
+        return self.apps[record.app_id]
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.settings.work_dir / run_id
+
+    def check_cancelled(self, run_id: str) -> None:
+        record = self.store.get(run_id)
+        if record is None or record.cancel_requested:
+            raise RunCancelled(run_id)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._strand is not None:
+                self._strand.close()
+                self._strand = None

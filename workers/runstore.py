@@ -1,0 +1,480 @@
+"""Run records in Redis, shared by the webhook and the workers.
+
+Redis is already the Celery broker, so keeping runs there adds no moving
+part, and every write below is a single atomic step (a Lua script or a
+WATCH/MULTI transaction): a worker SIGKILLed mid-write leaves either the old
+record or the new one, never half of each.
+
+Layout (all keys under `prefix`, all with the retention TTL, refreshed on write):
+- `{p}:run:{run_id}`: hash, one JSON-encoded value per `RunRecord` field, so a
+  checkpoint write touches only its own fields and cannot clobber another's;
+- `{p}:run:{run_id}:events`: stream, the run's append-only audit trail;
+- `{p}:result:{app_id}:{sectra_result_id}`: run id, to route Sectra's `delete`;
+- `{p}:runs`, `{p}:runs:status:{status}`, `{p}:runs:app:{app_id}`: sorted sets
+  of run ids scored by creation time, for newest-first listings.
+
+The run id is derived from (app, slide, cancellationToken), so the record key
+itself is the idempotency index: "create unless it exists" is one atomic
+script, and there is no second key that could drift out of step with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import redis
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
+
+from workers.observability import redact
+from workers.states import FINAL_STATES, IllegalTransition, RunStatus, check_transition
+
+__all__ = [
+    "IllegalTransition",
+    "RunNotFound",
+    "RunRecord",
+    "RunSource",
+    "RunStatus",
+    "RunStore",
+    "StagedFile",
+    "run_id_for",
+]
+
+RunSource = Literal["create", "newImageFiles", "operator"]
+
+# Progress events are throttled upstream; the cap only guards Redis memory against a runaway loop.
+_EVENTS_MAX = 10_000
+# They define the run (its id derives from them) or its place in the indexes.
+_IDENTITY_FIELDS = frozenset({"run_id", "app_id", "slide_id", "cancellation_token", "created_at"})
+_SECRET_KEY = re.compile(r"(?i)token|secret|password|authori[sz]ation|api[_-]?key|cookie")
+
+
+class RunNotFound(LookupError):
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id} not found")
+        self.run_id = run_id
+
+
+class StagedFile(TypedDict):
+    """A slide file on local disk, verified by size and digest before it is reused after a restart."""
+
+    name: str
+    size: int
+    sha256: str
+
+
+class RunRecord(BaseModel):
+    """Everything a worker needs to resume a run after a crash, and an operator to understand it."""
+
+    # Unknown fields are ignored so a rolling upgrade can add fields without breaking old readers.
+    model_config = ConfigDict(extra="ignore")
+
+    run_id: str
+    app_id: str
+    slide_id: str
+    cancellation_token: str
+    source: RunSource
+    callback_url: str
+    # Workers must call Sectra back later, so the token is stored; it is left out of repr() and of
+    # every model_dump() (so of logs and the admin API); only the store writes it, field by field.
+    callback_token: str = Field(repr=False, exclude=True)
+    status: RunStatus = RunStatus.received
+    stage_progress: float | None = None
+    message: str = ""  # plain words for the pathologist
+    error: str | None = None
+    attempts: int = 0
+    created_at: float
+    updated_at: float
+    slide_width: int | None = None
+    slide_height: int | None = None
+    microns_per_pixel: float | None = None
+    sectra_result_id: int | None = None
+    sectra_version_id: str | None = None
+    pending_result: dict[str, Any] | None = None
+    staged_files: list[StagedFile] = Field(default_factory=list)  # as downloaded from Sectra
+    source_sha256: str | None = None  # digest over the staged files' digests
+    outgoing_files: list[StagedFile] = Field(default_factory=list)  # de-identified, what Strand gets
+    slide_sha256: str | None = None  # the file actually uploaded
+    upload_id: str | None = None
+    # A resumable-upload session URL is itself a credential (whoever holds it may write the upload).
+    upload_url: str | None = Field(default=None, repr=False)
+    upload_offset: int = 0
+    upload_total: int | None = None
+    upload_complete: bool = False
+    submit_intent_at: float | None = None
+    job_id: str | None = None
+    job_status: str | None = None
+    progress_posted_at: float | None = None  # last progress pushed to Sectra, for throttling
+    reserved_credits: int | None = None
+    model: str | None = None
+    summary: dict[str, Any] | None = None
+    cancel_requested: bool = False
+    cancel_note: str | None = None
+    deidentify_report: dict[str, Any] | None = None
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATES
+
+    def public_dict(self) -> dict[str, Any]:
+        """The record as the admin API and CLI may show it: no callback token, no upload session URL."""
+        return self.model_dump(mode="json", exclude={"upload_url"})
+
+
+_ADAPTERS: dict[str, TypeAdapter[Any]] = {
+    name: TypeAdapter(Any if field.annotation is None else field.annotation)
+    for name, field in RunRecord.model_fields.items()
+}
+
+
+def run_id_for(app_id: str, slide_id: str, cancellation_token: str) -> str:
+    """The one run id an invocation maps to; a digest, so ids carry no slide identifiers."""
+    digest = hashlib.sha256("\x1f".join((app_id, slide_id, cancellation_token)).encode()).hexdigest()
+    return f"run-{digest[:24]}"
+
+
+def _encode(fields: Mapping[str, Any]) -> list[str]:
+    """Validate each value against its RunRecord field and flatten to HSET arguments."""
+    flat: list[str] = []
+    for name, value in fields.items():
+        adapter = _ADAPTERS.get(name)
+        if adapter is None:
+            raise ValueError(f"RunRecord has no field {name!r}")
+        plain = adapter.dump_python(adapter.validate_python(value), mode="json")
+        flat += [name, json.dumps(plain, separators=(",", ":"))]
+    return flat
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _decode(reply: Any) -> RunRecord:
+    """HGETALL answers a dict through redis-py but a flat list from a script; accept both."""
+    pairs = reply.items() if isinstance(reply, dict) else zip(reply[::2], reply[1::2], strict=True)
+    return RunRecord.model_validate({_text(k): json.loads(_text(v)) for k, v in pairs})
+
+
+def _refuse_identity(fields: Mapping[str, Any]) -> None:
+    fixed = _IDENTITY_FIELDS.intersection(fields)
+    if fixed:
+        raise ValueError(f"these fields never change after creation: {', '.join(sorted(fixed))}")
+
+
+def _scrub(data: Any) -> Any:
+    """Drop anything keyed like a credential; audit entries outlive tokens' validity but not their risk."""
+    if isinstance(data, Mapping):
+        return {k: "[redacted]" if _SECRET_KEY.search(str(k)) else _scrub(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [_scrub(v) for v in data]
+    return data
+
+
+# KEYS: record, all-index, status-index, app-index. ARGV: ttl, score, prune-before, run_id, field/value...
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return {0, redis.call('HGETALL', KEYS[1])}
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+for i = 2, 4 do
+  redis.call('ZADD', KEYS[i], ARGV[2], ARGV[4])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', '(' .. ARGV[3])
+  redis.call('EXPIRE', KEYS[i], ARGV[1])
+end
+return {1}
+"""
+
+# KEYS: record, events, then keys to point at the run. ARGV: ttl, run_id, field/value...
+_UPDATE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return false
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+for i = 3, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[2], 'EX', ARGV[1])
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+# KEYS: record, events. ARGV: ttl, maxlen, ts, event, data.
+_APPEND = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return false
+end
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'ts', ARGV[3], 'event', ARGV[4],
+                      'data', ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return id
+"""
+
+
+class RunStore:
+    """Typed, atomic access to run records; safe to share between threads (redis-py pools connections)."""
+
+    def __init__(
+        self, redis: redis.Redis, *, prefix: str = "bridge", retention_seconds: int = 30 * 86400
+    ) -> None:
+        if retention_seconds <= 0:
+            raise ValueError("retention_seconds must be positive")
+        self._redis = redis
+        self._prefix = prefix
+        self._ttl = retention_seconds
+        self._create_script = redis.register_script(_CREATE)
+        self._update_script = redis.register_script(_UPDATE)
+        self._append_script = redis.register_script(_APPEND)
+
+    # -- keys ---------------------------------------------------------------------------------
+
+    def _record_key(self, run_id: str) -> str:
+        return f"{self._prefix}:run:{run_id}"
+
+    def _events_key(self, run_id: str) -> str:
+        return f"{self._prefix}:run:{run_id}:events"
+
+    def _result_key(self, app_id: str, result_id: int) -> str:
+        return f"{self._prefix}:result:{app_id}:{result_id}"
+
+    def _index_all(self) -> str:
+        return f"{self._prefix}:runs"
+
+    def _index_status(self, status: RunStatus) -> str:
+        return f"{self._prefix}:runs:status:{status.value}"
+
+    def _index_app(self, app_id: str) -> str:
+        return f"{self._prefix}:runs:app:{app_id}"
+
+    def _prune_before(self, now: float) -> float:
+        # A run lives at most a retention period past its last write; index entries twice that old
+        # can only point at expired records.
+        return now - 2 * self._ttl
+
+    # -- records ------------------------------------------------------------------------------
+
+    def create_or_get(
+        self,
+        *,
+        app_id: str,
+        slide_id: str,
+        cancellation_token: str,
+        callback_url: str,
+        callback_token: str,
+        source: RunSource,
+    ) -> tuple[RunRecord, bool]:
+        """The run for this invocation, and whether this call created it (exactly one caller does)."""
+        now = time.time()
+        record = RunRecord(
+            run_id=run_id_for(app_id, slide_id, cancellation_token),
+            app_id=app_id,
+            slide_id=slide_id,
+            cancellation_token=cancellation_token,
+            source=source,
+            callback_url=callback_url,
+            callback_token=callback_token,
+            created_at=now,
+            updated_at=now,
+        )
+        fields = {name: getattr(record, name) for name in RunRecord.model_fields}
+        reply = self._create_script(
+            keys=[
+                self._record_key(record.run_id),
+                self._index_all(),
+                self._index_status(RunStatus.received),
+                self._index_app(app_id),
+            ],
+            args=[self._ttl, now, self._prune_before(now), record.run_id, *_encode(fields)],
+        )
+        if int(reply[0]) == 1:
+            return record, True
+        return _decode(reply[1]), False
+
+    def get(self, run_id: str) -> RunRecord | None:
+        reply = self._redis.hgetall(self._record_key(run_id))
+        return _decode(reply) if reply else None
+
+    def require(self, run_id: str) -> RunRecord:
+        record = self.get(run_id)
+        if record is None:
+            raise RunNotFound(run_id)
+        return record
+
+    def find(self, app_id: str, slide_id: str, cancellation_token: str) -> str | None:
+        run_id = run_id_for(app_id, slide_id, cancellation_token)
+        return run_id if self._redis.exists(self._record_key(run_id)) else None
+
+    def find_by_result(self, app_id: str, result_id: int) -> str | None:
+        """The run that owns a Sectra result; Sectra's `delete` names the result, not always the token."""
+        raw = self._redis.get(self._result_key(app_id, result_id))
+        if raw is None:
+            return None
+        run_id = _text(raw)
+        record = self.get(run_id)
+        if record is None or record.app_id != app_id or record.sectra_result_id != result_id:
+            return None
+        return run_id
+
+    def update(self, run_id: str, **fields: Any) -> RunRecord:
+        """Write checkpoint fields atomically; status changes go through `transition` only."""
+        if "status" in fields:
+            raise ValueError("use transition() to change a run's status")
+        _refuse_identity(fields)
+        fields["updated_at"] = time.time()
+        keys = [self._record_key(run_id), self._events_key(run_id)]
+        result_id = fields.get("sectra_result_id")
+        if result_id is not None:
+            raw_app = self._redis.hget(self._record_key(run_id), "app_id")
+            if raw_app is None:
+                raise RunNotFound(run_id)
+            keys.append(self._result_key(json.loads(_text(raw_app)), int(result_id)))
+        flat = self._update_script(keys=keys, args=[self._ttl, run_id, *_encode(fields)])
+        if flat is None:
+            raise RunNotFound(run_id)
+        return _decode(flat)
+
+    def transition(self, run_id: str, to: RunStatus, *, retry: bool = False, **fields: Any) -> RunRecord:
+        """Move a run to `to` (with checkpoint fields) if the state machine allows it, atomically.
+
+        The check and the write happen under WATCH, so two workers racing on one run cannot both
+        advance it: the loser re-reads and gets `IllegalTransition` (or a no-op same-state re-entry).
+        """
+        target = RunStatus(to)
+        if "status" in fields:
+            raise ValueError("pass the new status as `to`")
+        _refuse_identity(fields)
+        key = self._record_key(run_id)
+        with self._redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw_status, raw_app, raw_created = pipe.hmget(key, ["status", "app_id", "created_at"])
+                    if raw_status is None:
+                        raise RunNotFound(run_id)
+                    current = RunStatus(json.loads(_text(raw_status)))
+                    check_transition(run_id, current, target, retry=retry)
+                    app_id = json.loads(_text(raw_app))
+                    created_at = float(json.loads(_text(raw_created)))
+                    now = time.time()
+                    flat = _encode({**fields, "status": target, "updated_at": now})
+                    pipe.multi()
+                    pipe.hset(key, mapping=dict(zip(flat[::2], flat[1::2], strict=True)))
+                    for k in (key, self._events_key(run_id)):
+                        pipe.expire(k, self._ttl)
+                    if current is not target:
+                        new_index = self._index_status(target)
+                        pipe.zrem(self._index_status(current), run_id)
+                        pipe.zadd(new_index, {run_id: created_at})
+                        pipe.zremrangebyscore(new_index, "-inf", f"({self._prune_before(now)}")
+                        pipe.expire(new_index, self._ttl)
+                    if fields.get("sectra_result_id") is not None:
+                        pipe.set(
+                            self._result_key(app_id, int(fields["sectra_result_id"])), run_id, ex=self._ttl
+                        )
+                    pipe.hgetall(key)
+                    replies = pipe.execute()
+                    return _decode(replies[-1])
+                except redis.WatchError:
+                    continue
+
+    def request_cancel(self, run_id: str, note: str) -> RunRecord:
+        """Flag the run; the worker stops at its next checkpoint and writes the cancelled result itself."""
+        record = self.update(run_id, cancel_requested=True, cancel_note=note)
+        self.append_event(run_id, "cancel_requested", note=note, status=record.status.value)
+        return record
+
+    def delete(self, run_id: str) -> bool:
+        """Remove the record, its audit trail and its index entries; False when there was nothing."""
+        record = self.get(run_id)
+        if record is None:
+            return False
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self._record_key(run_id), self._events_key(run_id))
+            if record.sectra_result_id is not None:
+                pipe.delete(self._result_key(record.app_id, record.sectra_result_id))
+            for index in (
+                self._index_all(),
+                self._index_status(record.status),
+                self._index_app(record.app_id),
+            ):
+                pipe.zrem(index, run_id)
+            pipe.execute()
+        return True
+
+    def list_runs(
+        self, *, status: RunStatus | None = None, app_id: str | None = None, limit: int = 100
+    ) -> list[RunRecord]:
+        """Newest first; entries whose record has expired are dropped from the index on the way."""
+        if limit <= 0:
+            return []
+        if status is not None:
+            index = self._index_status(RunStatus(status))
+        elif app_id is not None:
+            index = self._index_app(app_id)
+        else:
+            index = self._index_all()
+        found: list[RunRecord] = []
+        start, page = 0, max(limit, 50)
+        while len(found) < limit:
+            ids = [_text(i) for i in self._redis.zrevrange(index, start, start + page - 1)]
+            if not ids:
+                break
+            start += page
+            with self._redis.pipeline(transaction=False) as pipe:
+                for run_id in ids:
+                    pipe.hgetall(self._record_key(run_id))
+                replies = pipe.execute()
+            stale = []
+            for run_id, reply in zip(ids, replies, strict=True):
+                if not reply:
+                    stale.append(run_id)
+                    continue
+                record = _decode(reply)
+                if app_id is None or record.app_id == app_id:
+                    found.append(record)
+            if stale:
+                self._redis.zrem(index, *stale)
+                start -= len(stale)
+        return found[:limit]
+
+    # -- audit trail --------------------------------------------------------------------------
+
+    def append_event(self, run_id: str, event: str, **data: Any) -> str | None:
+        """Append to the run's audit trail; returns the entry id, or None when the run is gone.
+
+        Values keyed like credentials are replaced, and the entry passes the log redactor too:
+        callers should pass identifiers and counts only, never slide metadata (PHI).
+        """
+        payload = redact(json.dumps(_scrub(data), separators=(",", ":"), default=str))
+        reply = self._append_script(
+            keys=[self._record_key(run_id), self._events_key(run_id)],
+            args=[self._ttl, _EVENTS_MAX, f"{time.time():.6f}", event, payload],
+        )
+        return None if reply is None else _text(reply)
+
+    def events(self, run_id: str) -> list[dict[str, Any]]:
+        entries = self._redis.xrange(self._events_key(run_id)) or []
+        out: list[dict[str, Any]] = []
+        for entry_id, raw in entries:
+            values = {_text(k): _text(v) for k, v in (raw or {}).items()}
+            out.append(
+                {
+                    "id": _text(entry_id),
+                    "ts": float(values["ts"]),
+                    "event": values["event"],
+                    "data": json.loads(values.get("data", "{}")),
+                }
+            )
+        return out
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._redis.ping())
+        except redis.RedisError:
+            return False

@@ -1,0 +1,82 @@
+"""Stage `submitting`: price the job, check guardrails, and submit it exactly once.
+
+The intent is persisted *before* the POST. If the worker dies (or the answer
+is lost) after that, the next attempt asks Strand which jobs exist for the
+upload and adopts the one this run created instead of paying twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from strand_client.errors import NotFoundError, SubmissionUncertainError
+from strand_client.models import JobStatus
+from workers import messages
+from workers.context import PipelineContext
+from workers.observability import CREDITS_RESERVED
+from workers.runstore import RunRecord
+from workers.stages.fetch import RunRefused
+
+log = logging.getLogger(__name__)
+
+# Strand's and our clocks differ; a job created this long before our intent still counts.
+_CLOCK_SKEW_SECONDS = 300.0
+
+
+class SubmissionPending(Exception):
+    """The submit may have reached Strand; the step is retried, and reconciles first."""
+
+
+def _find_submitted(ctx: PipelineContext, record: RunRecord, markers: list[str]) -> JobStatus | None:
+    """The job this run already created, if Strand has one; None when it provably has none."""
+    assert record.upload_id is not None
+    try:
+        jobs = ctx.strand().jobs.for_upload(record.upload_id)
+    except NotFoundError:
+        return None
+    since = (record.submit_intent_at or 0.0) - _CLOCK_SKEW_SECONDS
+    for job in jobs:
+        created = job.created_at.timestamp() if job.created_at else since
+        if sorted(job.markers) == sorted(markers) and created >= since:
+            if ctx.uploads.claim_job(job.id, record.run_id):
+                return job
+    return None
+
+
+def _adopt(ctx: PipelineContext, record: RunRecord, job_id: str, credits: int | None, model: str | None) -> None:
+    ctx.uploads.claim_job(job_id, record.run_id)
+    ctx.store.update(record.run_id, job_id=job_id, reserved_credits=credits, model=model)
+    if credits:
+        CREDITS_RESERVED.labels(app=record.app_id).inc(credits)
+
+
+def run(ctx: PipelineContext, record: RunRecord) -> None:
+    if record.job_id:
+        return
+    app = ctx.app(record)
+    assert record.upload_id is not None
+    if record.submit_intent_at is not None:
+        existing = _find_submitted(ctx, record, app.markers)
+        if existing is not None:
+            _adopt(ctx, record, existing.id, existing.reserved_credits, existing.model)
+            ctx.store.append_event(record.run_id, "submission_adopted", job_id=existing.id)
+            return
+    strand = ctx.strand()
+    estimate = strand.predict.estimate(record.upload_id, app.markers, model=app.model)
+    ctx.store.append_event(
+        record.run_id, "estimated", credits=estimate.estimated_credits, balance=estimate.org_balance
+    )
+    if app.credit_ceiling is not None and estimate.estimated_credits > app.credit_ceiling:
+        raise RunRefused(messages.over_ceiling(estimate.estimated_credits, app.credit_ceiling))
+    available = estimate.org_balance - estimate.org_pending
+    if estimate.estimated_credits > available:
+        raise RunRefused(messages.insufficient_credits(estimate.estimated_credits, available))
+    ctx.store.update(record.run_id, submit_intent_at=time.time())
+    try:
+        job = strand.predict.submit(record.upload_id, app.markers, model=app.model)
+    except SubmissionUncertainError as exc:
+        log.warning("Strand submit outcome unknown; will reconcile", extra={"error_type": type(exc).__name__})
+        raise SubmissionPending(str(exc)) from exc
+    _adopt(ctx, record, job.id, job.reserved_credits, app.model)
+    ctx.store.append_event(record.run_id, "submitted", job_id=job.id, reserved_credits=job.reserved_credits or 0)

@@ -1,0 +1,61 @@
+"""Stage `summarising`: read Strand's marker maps and reduce each to the figures the pathologist sees.
+
+The summary is stored in the run record, so a Sectra outage at publish time
+never costs a second read of the maps (let alone a second Strand job).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from sectra_adapter.summary import Hotspot, MarkerSummary
+from workers import messages
+from workers.context import PipelineContext
+from workers.runstore import RunRecord
+from workers.summarise import summarise_job
+
+
+def run(ctx: PipelineContext, record: RunRecord) -> None:
+    if record.summary is not None:
+        return
+    assert record.job_id is not None
+    app = ctx.app(record)
+    strand = ctx.strand()
+    job = strand.jobs.get(record.job_id)
+    status = job.refresh()
+    with job.results() as results:
+        summaries, missing = summarise_job(
+            results,
+            app.markers,
+            threshold=app.positivity_threshold,
+            slide_width=record.slide_width or 0,
+            slide_height=record.slide_height or 0,
+            microns_per_pixel=record.microns_per_pixel or 0.0,
+        )
+    if status.status == "partial_failed":
+        delivered = {s.marker for s in summaries}
+        for marker in app.markers:
+            if marker not in delivered:
+                missing.setdefault(marker, messages.partially_delivered([marker]))
+    ctx.store.update(
+        record.run_id,
+        model=status.model or record.model,
+        summary={
+            "markers": [dataclasses.asdict(s) for s in summaries],
+            "missing": missing,
+            "job_error": status.error_message,
+        },
+    )
+    ctx.store.append_event(
+        record.run_id, "summarised", markers=len(summaries), missing=",".join(sorted(missing))
+    )
+
+
+def markers_from(summary: dict[str, Any]) -> list[MarkerSummary]:
+    """Rebuild the dataclasses from the JSON kept in the run record."""
+    out = []
+    for raw in summary["markers"]:
+        hotspots = [Hotspot(**h) for h in raw.get("hotspots", [])]
+        out.append(MarkerSummary(**{**raw, "hotspots": hotspots}))
+    return out

@@ -1,0 +1,104 @@
+"""Stage `uploading`: send the de-identified slide to Strand, once.
+
+Three ways to avoid sending bytes again, cheapest first: this bridge's own
+record of outgoing checksum -> Strand upload (a second app on the same slide),
+the platform's `contentSha256` dedup, and the persisted resumable session
+(a worker that crashed mid-upload continues from Strand's persisted offset).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from strand_client import UploadCheckpoint
+from strand_client.errors import NotFoundError
+from workers.context import PipelineContext
+from workers.observability import BYTES_UPLOADED
+from workers.runstore import RunRecord
+from workers.stages.deid import outgoing_dir
+from workers.stages.fetch import RunRefused
+from workers.stages.progress import TransferProgress, publisher_for
+
+log = logging.getLogger(__name__)
+
+_REUSABLE = {"ready", "preprocessing", "uploaded", "deid_running"}
+
+
+def _reuse_known_upload(ctx: PipelineContext, record: RunRecord, sha256: str) -> str | None:
+    upload_id = ctx.uploads.get(sha256)
+    if upload_id is None:
+        return None
+    try:
+        upload = ctx.strand().uploads.get(upload_id)
+    except NotFoundError:
+        ctx.uploads.forget(sha256)
+        return None
+    if upload.status not in _REUSABLE:
+        log.info("known Strand upload is not reusable", extra={"upload_status": upload.status})
+        ctx.uploads.forget(sha256)
+        return None
+    return upload_id
+
+
+def run(ctx: PipelineContext, record: RunRecord) -> None:
+    if record.upload_id and record.upload_complete:
+        return
+    if not record.outgoing_files:
+        raise RunRefused("The slide was not prepared for upload; it was not sent to Strand")
+    # Strand takes one file per upload; a multi-file slide (DICOM) sends its largest instance.
+    entry = max(record.outgoing_files, key=lambda item: item["size"])
+    path = outgoing_dir(ctx, record.run_id) / entry["name"]
+    sha256 = entry["sha256"]
+
+    reused = _reuse_known_upload(ctx, record, sha256)
+    if reused is not None:
+        ctx.store.update(record.run_id, upload_id=reused, upload_complete=True, slide_sha256=sha256)
+        ctx.store.append_event(record.run_id, "upload_reused", upload_id=reused, source="bridge")
+        return
+
+    resume = None
+    if record.upload_url and record.upload_id:
+        resume = UploadCheckpoint(
+            upload_id=record.upload_id,
+            upload_url=record.upload_url,
+            offset=record.upload_offset or 0,
+            total_size=record.upload_total or entry["size"],
+        )
+
+    def checkpoint(cp: UploadCheckpoint) -> None:
+        ctx.store.update(
+            record.run_id,
+            upload_id=cp.upload_id,
+            upload_url=cp.upload_url,
+            upload_offset=cp.offset,
+            upload_total=cp.total_size,
+        )
+
+    publisher = publisher_for(ctx, record)
+    upload = ctx.strand().uploads.upload_file(
+        path,
+        progress=TransferProgress(ctx, record, publisher, "Uploading to Strand"),
+        filename=f"{record.run_id}{Path(entry['name']).suffix}",
+        content_sha256=sha256,
+        resume=resume,
+        on_checkpoint=checkpoint,
+    )
+    sent = 0 if upload.existing else entry["size"] - (resume.offset if resume else 0)
+    BYTES_UPLOADED.inc(max(sent, 0))
+    ctx.store.update(
+        record.run_id,
+        upload_id=upload.id,
+        upload_complete=True,
+        slide_sha256=sha256,
+        upload_url=None,
+    )
+    ctx.uploads.remember(sha256, upload.id)
+    ctx.store.append_event(
+        record.run_id,
+        "upload_reused" if upload.existing else "uploaded",
+        upload_id=upload.id,
+        source="strand" if upload.existing else "bridge",
+        width_px=upload.width_px or 0,
+        height_px=upload.height_px or 0,
+    )
