@@ -37,10 +37,8 @@ class Origin:
 
     def is_under(self, prefix: Origin) -> bool:
         """Same origin, and the path starts with the prefix's path on a segment boundary."""
-        return (
-            (self.scheme, self.host, self.port) == (prefix.scheme, prefix.host, prefix.port)
-            and self.segments[: len(prefix.segments)] == prefix.segments
-        )
+        same_origin = (self.scheme, self.host, self.port) == (prefix.scheme, prefix.host, prefix.port)
+        return same_origin and self.segments[: len(prefix.segments)] == prefix.segments
 
 
 def parse_origin(url: str) -> Origin:

@@ -77,7 +77,8 @@ def run_demo(timeout: float = 60.0) -> int:
 
     from strand_client.testing import FakeStrandServer
 
-    mock_server.print = lambda *args, **kwargs: None  # type: ignore[attr-defined]  # its per-chunk chatter
+    # Silence the mock's per-chunk progress chatter on stdout.
+    mock_server.print = lambda *args, **kwargs: None  # type: ignore[attr-defined]
 
     click.echo("Starting Sectra mock, fake Strand, Redis (fakeredis over TCP), webhook and a worker ...")
     slide = make_demo_slide(workdir / "demo-slide.tiff")
@@ -125,8 +126,11 @@ def run_demo(timeout: float = 60.0) -> int:
     celery_app.conf.broker_url = redis_url
     webhook_url, webhook = _start_uvicorn(create_app())
     try:
-        with start_worker(celery_app, pool="threads", concurrency=2, perform_ping_check=False, loglevel="error"):
-            click.echo(f"Sectra posts a 'create' invocation for slide {DEMO_SLIDE} to {webhook_url}/sectra/{DEMO_APP}")
+        with start_worker(
+            celery_app, pool="threads", concurrency=2, perform_ping_check=False, loglevel="error"
+        ):
+            route = f"{webhook_url}/sectra/{DEMO_APP}"
+            click.echo(f"Sectra posts a 'create' invocation for slide {DEMO_SLIDE} to {route}")
             invocation = CreateInvocation(
                 applicationId=DEMO_APP,
                 slideId=DEMO_SLIDE,
@@ -135,7 +139,9 @@ def run_demo(timeout: float = 60.0) -> int:
                 input=WholeSlideInput(),
             )
             answer = sectra.trigger(f"{webhook_url}/sectra/{DEMO_APP}", invocation)
-            click.echo(f"Webhook answered at once with pending result #{answer['id']}: {answer['displayResult']!r}")
+            click.echo(
+                f"Webhook answered at once with pending result #{answer['id']}: {answer['displayResult']!r}"
+            )
             return _follow(sectra, started, timeout)
     except Exception as exc:
         click.echo(f"Demo failed: {type(exc).__name__}: {exc}", err=True)

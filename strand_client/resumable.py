@@ -133,13 +133,19 @@ class ResumableSender:
                     failures = self._count_failure(failures, "all bytes held but not finalised", 308, None)
                 elif sent_data:
                     # A 308 that kept nothing new is not progress: back off as for any other failure.
-                    failures = 0 if offset > previous else self._count_failure(failures, "no progress", 308, None)
+                    failures = (
+                        0 if offset > previous else self._count_failure(failures, "no progress", 308, None)
+                    )
 
-    def _count_failure(self, failures: int, reason: str, status: int | None, retry_after: float | None) -> int:
+    def _count_failure(
+        self, failures: int, reason: str, status: int | None, retry_after: float | None
+    ) -> int:
         failures += 1
         if failures > self._policy.max_retries:
             raise UploadError(
-                f"Upload gave up after {failures} consecutive failures (last: {reason})", status, "upload_stalled"
+                f"Upload gave up after {failures} consecutive failures (last: {reason})",
+                status,
+                "upload_stalled",
             )
         delay = self._policy.delay(failures, retry_after)
         log.warning("Upload chunk failed, backing off", extra={"reason": reason, "delay_s": delay})
@@ -154,7 +160,9 @@ class ResumableSender:
         while filled < length:
             got = source.readinto(view[filled:])
             if not got:
-                raise UploadError(f"File shrank during upload: expected {total} bytes, ended at {offset + filled}")
+                raise UploadError(
+                    f"File shrank during upload: expected {total} bytes, ended at {offset + filled}"
+                )
             filled += got
         headers = {
             "Content-Length": str(length),
@@ -181,7 +189,9 @@ class ResumableSender:
             if status in (404, 410):
                 raise SessionGone(f"upload session answered {status}")
             if status in RETRYABLE_STATUS:
-                raise _Transient(f"HTTP {status}", status, parse_retry_after(response.headers.get("Retry-After")))
+                raise _Transient(
+                    f"HTTP {status}", status, parse_retry_after(response.headers.get("Retry-After"))
+                )
             raise UploadError(f"Upload session refused a chunk: HTTP {status}", status, "upload_rejected")
         finally:
             response.close()

@@ -17,12 +17,12 @@ QUEUE = "bridge"
 # hospital uplink). Kombu re-delivers an unacked message only after this long, so crash
 # recovery does not rely on it: workers re-drive orphaned runs at start-up (see recovery.py).
 VISIBILITY_TIMEOUT_SECONDS = 6 * 3600
-SOFT_SHUTDOWN_SECONDS = 60.0
 
 
 def make_celery(broker_url: str | None = None) -> Celery:
     """Build the app; tests and the demo pass their own broker URL."""
-    url = broker_url or get_settings().redis_url
+    settings = get_settings()
+    url = broker_url or settings.redis_url
     app = Celery("sectra_bridge", broker=url, include=["workers.tasks"])
     transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS}
     app.conf.update(
@@ -42,9 +42,10 @@ def make_celery(broker_url: str | None = None) -> Celery:
         worker_hijack_root_logger=False,
         task_time_limit=VISIBILITY_TIMEOUT_SECONDS - 600,
         worker_send_task_events=False,
-        # On SIGTERM, let running steps finish for up to a minute (the Helm chart's grace period
-        # is set above this), then requeue; every step is idempotent so either outcome is safe.
-        worker_soft_shutdown_timeout=SOFT_SHUTDOWN_SECONDS,
+        # Used by the prefork pool only: the thread pool's SIGTERM is a warm shutdown that waits for
+        # running steps, and the chart's grace period (this + 30 s) bounds it. A step cut off by the
+        # kubelet is safe: its lease lapses and the recovery sweep re-drives the run.
+        worker_soft_shutdown_timeout=settings.worker_soft_shutdown_seconds,
         worker_enable_soft_shutdown_on_idle=True,
     )
     return app

@@ -6,6 +6,7 @@ a heartbeat thread extends it while a long step (a slide transfer) runs.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
 from collections.abc import Iterator
@@ -47,7 +48,5 @@ def run_lease(client: redis.Redis, key: str, ttl_seconds: float) -> Iterator[boo
     finally:
         stop.set()
         beat.join(timeout=5)
-        try:
+        with contextlib.suppress(redis.RedisError):  # the lease expires on its own
             client.eval(_RELEASE, 1, key, token)
-        except redis.RedisError:
-            pass  # the lease expires on its own

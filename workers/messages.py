@@ -73,7 +73,9 @@ def missing_markers(missing: dict[str, str]) -> str:
 
 
 def internal_error(run_id: str) -> str:
-    return f"The analysis stopped because of an internal error (run {run_id}); your administrator can retry it"
+    return (
+        f"The analysis stopped because of an internal error (run {run_id}); your administrator can retry it"
+    )
 
 
 def partially_delivered(markers: Iterable[str]) -> str:

@@ -124,14 +124,18 @@ def _handle_error(ctx: PipelineContext, record: RunRecord, exc: Exception) -> fl
     attempts = record.attempts + 1
     transient = _is_transient(exc)
     if transient:
-        log.warning("transient failure; will retry", extra={"error_type": type(exc).__name__, "attempt": attempts})
+        log.warning(
+            "transient failure; will retry", extra={"error_type": type(exc).__name__, "attempt": attempts}
+        )
     else:
         log.exception("unexpected failure in stage", extra={"attempt": attempts})
     ctx.store.update(record.run_id, attempts=attempts, error=f"{type(exc).__name__}: {exc}"[:500])
     ctx.store.append_event(record.run_id, "step_failed", error_type=type(exc).__name__, attempt=attempts)
     publishing = record.status == RunStatus.publishing
     if attempts >= ctx.max_attempts and not (publishing and transient):
-        message = messages.strand_unreachable(attempts) if transient else messages.internal_error(record.run_id)
+        message = (
+            messages.strand_unreachable(attempts) if transient else messages.internal_error(record.run_id)
+        )
         _fail(ctx, record, message)
         return None
     return min(300.0, random.uniform(0.5, 1.0) * 2 ** min(attempts, 8))
@@ -212,7 +216,9 @@ def _cancel_strand_job(ctx: PipelineContext, record: RunRecord) -> tuple[int | N
             return None, False
         raise
     refunded = record.reserved_credits if status.status == "cancelled" else None
-    ctx.store.append_event(record.run_id, "strand_job_cancelled", job_id=record.job_id, refunded=refunded or 0)
+    ctx.store.append_event(
+        record.run_id, "strand_job_cancelled", job_id=record.job_id, refunded=refunded or 0
+    )
     return refunded, True
 
 

@@ -24,6 +24,7 @@ import hashlib
 import json
 import re
 import time
+import uuid
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -82,6 +83,7 @@ class RunRecord(BaseModel):
     callback_url: str
     # Workers must call Sectra back later, so the token is stored; it is left out of repr() and of
     # every model_dump() (so of logs and the admin API); only the store writes it, field by field.
+    # A str rather than SecretStr so callers hand it straight to the Sectra client.
     callback_token: str = Field(repr=False, exclude=True)
     status: RunStatus = RunStatus.received
     stage_progress: float | None = None
@@ -102,7 +104,7 @@ class RunRecord(BaseModel):
     slide_sha256: str | None = None  # the file actually uploaded
     upload_id: str | None = None
     # A resumable-upload session URL is itself a credential (whoever holds it may write the upload).
-    upload_url: str | None = Field(default=None, repr=False)
+    upload_url: str | None = Field(default=None, repr=False, exclude=True)
     upload_offset: int = 0
     upload_total: int | None = None
     upload_complete: bool = False
@@ -122,8 +124,8 @@ class RunRecord(BaseModel):
         return self.status in FINAL_STATES
 
     def public_dict(self) -> dict[str, Any]:
-        """The record as the admin API and CLI may show it: no callback token, no upload session URL."""
-        return self.model_dump(mode="json", exclude={"upload_url"})
+        """The record as the admin API and CLI may show it: credentials are excluded from every dump."""
+        return self.model_dump(mode="json")
 
 
 _ADAPTERS: dict[str, TypeAdapter[Any]] = {
@@ -216,6 +218,13 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 return id
 """
 
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
 
 class RunStore:
     """Typed, atomic access to run records; safe to share between threads (redis-py pools connections)."""
@@ -231,6 +240,7 @@ class RunStore:
         self._create_script = redis.register_script(_CREATE)
         self._update_script = redis.register_script(_UPDATE)
         self._append_script = redis.register_script(_APPEND)
+        self._release_script = redis.register_script(_RELEASE)
 
     # -- keys ---------------------------------------------------------------------------------
 
@@ -442,6 +452,25 @@ class RunStore:
                 self._redis.zrem(index, *stale)
                 start -= len(stale)
         return found[:limit]
+
+    # -- leases -------------------------------------------------------------------------------
+
+    def _lease_key(self, run_id: str, name: str) -> str:
+        return f"{self._prefix}:run:{run_id}:lease:{name}"
+
+    def acquire_lease(self, run_id: str, name: str, ttl_seconds: float) -> str | None:
+        """Claim a one-holder-at-a-time step of a run; the token to release it, or None when held.
+
+        The lease expires by itself, so a holder that dies (process killed mid-request) does not
+        block the step forever; `ttl_seconds` must exceed the longest the step can take.
+        """
+        token = uuid.uuid4().hex
+        acquired = self._redis.set(self._lease_key(run_id, name), token, nx=True, px=int(ttl_seconds * 1000))
+        return token if acquired else None
+
+    def release_lease(self, run_id: str, name: str, token: str) -> None:
+        """Release a lease if (and only if) this token still holds it."""
+        self._release_script(keys=[self._lease_key(run_id, name)], args=[token])
 
     # -- audit trail --------------------------------------------------------------------------
 

@@ -23,7 +23,9 @@ def redis_client() -> redis.Redis:
     global _redis
     with _lock:
         if _redis is None:
-            _redis = redis.Redis.from_url(get_settings().redis_url, socket_timeout=30, socket_connect_timeout=10)
+            _redis = redis.Redis.from_url(
+                get_settings().redis_url, socket_timeout=30, socket_connect_timeout=10
+            )
         return _redis
 
 

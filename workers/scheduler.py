@@ -31,7 +31,8 @@ class StepScheduler:
         current = self._redis.get(self._key(run_id))
         if current is None:
             return True
-        return token is not None and current.decode() == token
+        current_text = current.decode() if isinstance(current, bytes) else str(current)
+        return token is not None and current_text == token
 
     def lease_key(self, run_id: str) -> str:
         return f"{self._prefix}:lease:{run_id}"

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     progress_interval_seconds: float = Field(default=5.0, alias="BRIDGE_PROGRESS_INTERVAL_SECONDS", ge=0)
     # A run lease outlives a dead worker by at most this long before recovery re-drives the run.
     lease_seconds: float = Field(default=60.0, alias="BRIDGE_LEASE_SECONDS", gt=1)
+    worker_soft_shutdown_seconds: float = Field(
+        default=60.0, alias="BRIDGE_WORKER_SOFT_SHUTDOWN_SECONDS", ge=0
+    )
     worker_metrics_port: int = Field(default=9100, alias="BRIDGE_WORKER_METRICS_PORT")
     public_url: str | None = Field(default=None, alias="BRIDGE_PUBLIC_URL")
 

@@ -48,7 +48,11 @@ class IllegalTransition(ValueError):
     """A status change the state machine forbids; names both ends so the log explains the race."""
 
     def __init__(self, run_id: str, current: RunStatus, target: RunStatus, *, retry: bool = False) -> None:
-        hint = " (only a failed run may be retried)" if retry and current is not RunStatus.failed else ""
+        hint = ""
+        if retry and current is not RunStatus.failed:
+            hint = " (only a failed run may be retried)"
+        elif current is RunStatus.failed and target in WORKING_STATES:
+            hint = " (a failed run restarts only when an operator retries it)"
         super().__init__(f"run {run_id}: cannot move from {current.value!r} to {target.value!r}{hint}")
         self.run_id = run_id
         self.current = current

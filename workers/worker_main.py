@@ -53,11 +53,16 @@ def run_worker(concurrency: int = 4, *, metrics_port: int | None = None) -> None
         celery_app.worker_main(
             [
                 "worker",
-                "--queues", QUEUE,
-                "--pool", "threads",
-                "--concurrency", str(concurrency),
-                "--hostname", f"bridge@{socket.gethostname()}",
-                "--loglevel", settings.log_level,
+                "--queues",
+                QUEUE,
+                "--pool",
+                "threads",
+                "--concurrency",
+                str(concurrency),
+                "--hostname",
+                f"bridge@{socket.gethostname()}",
+                "--loglevel",
+                settings.log_level,
                 "--without-gossip",
                 "--without-mingle",
             ]

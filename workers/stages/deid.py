@@ -14,6 +14,7 @@ from pathlib import Path
 from workers.context import PipelineContext
 from workers.deidentify import deidentify_slide, identifiers_from_metadata, verify_deidentified
 from workers.runstore import RunRecord
+from workers.stages import fetch
 from workers.stages.fetch import staged_dir
 
 _HASH_BLOCK = 4 * 1024 * 1024
@@ -34,6 +35,10 @@ def sha256_of(path: Path) -> str:
 def run(ctx: PipelineContext, record: RunRecord) -> None:
     app = ctx.app(record)
     folder = staged_dir(ctx, record.run_id)
+    if not all((folder / entry["name"]).is_file() for entry in record.staged_files):
+        # Resumed on another node (the staging volume is per pod): fetch the slide again.
+        fetch.run(ctx, record.model_copy(update={"staged_files": []}))
+        record = ctx.store.require(record.run_id)
     original_names = [entry["name"] for entry in record.staged_files]
     out = outgoing_dir(ctx, record.run_id)
     # A crash mid-edit leaves a half-edited copy: start again from the staged original.

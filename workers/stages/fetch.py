@@ -63,6 +63,4 @@ def run(ctx: PipelineContext, record: RunRecord) -> None:
     BYTES_DOWNLOADED.inc(sum(f.size for f in files))
     digest = hashlib.sha256("".join(sorted(f.sha256 for f in files)).encode()).hexdigest()
     ctx.store.update(record.run_id, staged_files=staged, source_sha256=digest)
-    ctx.store.append_event(
-        record.run_id, "downloaded", files=len(files), bytes=sum(f.size for f in files)
-    )
+    ctx.store.append_event(record.run_id, "downloaded", files=len(files), bytes=sum(f.size for f in files))

@@ -33,17 +33,20 @@ def publisher_for(ctx: PipelineContext, record: RunRecord) -> ResultPublisher:
 
 def remember_result(ctx: PipelineContext, run_id: str, publisher: ResultPublisher) -> None:
     """Persist the result's latest version so the next task's update does not conflict."""
-    ctx.store.update(
-        run_id, sectra_result_id=publisher.result_id, sectra_version_id=publisher.version_id
-    )
+    ctx.store.update(run_id, sectra_result_id=publisher.result_id, sectra_version_id=publisher.version_id)
 
 
 class TransferProgress:
     """Callback for byte transfers: throttled progress in Sectra, cancellation checks, a store checkpoint."""
 
     def __init__(
-        self, ctx: PipelineContext, record: RunRecord, publisher: ResultPublisher, label: str,
-        *, interval: float = 2.0,
+        self,
+        ctx: PipelineContext,
+        record: RunRecord,
+        publisher: ResultPublisher,
+        label: str,
+        *,
+        interval: float = 2.0,
     ) -> None:
         self._ctx = ctx
         self._record = record

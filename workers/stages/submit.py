@@ -38,13 +38,15 @@ def _find_submitted(ctx: PipelineContext, record: RunRecord, markers: list[str])
     since = (record.submit_intent_at or 0.0) - _CLOCK_SKEW_SECONDS
     for job in jobs:
         created = job.created_at.timestamp() if job.created_at else since
-        if sorted(job.markers) == sorted(markers) and created >= since:
-            if ctx.uploads.claim_job(job.id, record.run_id):
-                return job
+        same_request = sorted(job.markers) == sorted(markers) and created >= since
+        if same_request and ctx.uploads.claim_job(job.id, record.run_id):
+            return job
     return None
 
 
-def _adopt(ctx: PipelineContext, record: RunRecord, job_id: str, credits: int | None, model: str | None) -> None:
+def _adopt(
+    ctx: PipelineContext, record: RunRecord, job_id: str, credits: int | None, model: str | None
+) -> None:
     ctx.uploads.claim_job(job_id, record.run_id)
     ctx.store.update(record.run_id, job_id=job_id, reserved_credits=credits, model=model)
     if credits:
@@ -79,4 +81,6 @@ def run(ctx: PipelineContext, record: RunRecord) -> None:
         log.warning("Strand submit outcome unknown; will reconcile", extra={"error_type": type(exc).__name__})
         raise SubmissionPending(str(exc)) from exc
     _adopt(ctx, record, job.id, job.reserved_credits, app.model)
-    ctx.store.append_event(record.run_id, "submitted", job_id=job.id, reserved_credits=job.reserved_credits or 0)
+    ctx.store.append_event(
+        record.run_id, "submitted", job_id=job.id, reserved_credits=job.reserved_credits or 0
+    )

@@ -16,6 +16,7 @@ from strand_client.errors import NotFoundError
 from workers.context import PipelineContext
 from workers.observability import BYTES_UPLOADED
 from workers.runstore import RunRecord
+from workers.stages import deid
 from workers.stages.deid import outgoing_dir
 from workers.stages.fetch import RunRefused
 from workers.stages.progress import TransferProgress, publisher_for
@@ -49,6 +50,17 @@ def run(ctx: PipelineContext, record: RunRecord) -> None:
     # Strand takes one file per upload; a multi-file slide (DICOM) sends its largest instance.
     entry = max(record.outgoing_files, key=lambda item: item["size"])
     path = outgoing_dir(ctx, record.run_id) / entry["name"]
+    if not path.is_file():
+        # Resumed on another node (the staging volume is per pod): prepare the slide again. The
+        # session can only continue if the new copy is byte-identical to the one partly sent.
+        deid.run(ctx, record)
+        previous = entry["sha256"]
+        record = ctx.store.require(record.run_id)
+        entry = max(record.outgoing_files, key=lambda item: item["size"])
+        path = outgoing_dir(ctx, record.run_id) / entry["name"]
+        if entry["sha256"] != previous:
+            ctx.store.update(record.run_id, upload_url=None, upload_offset=0)
+            record = ctx.store.require(record.run_id)
     sha256 = entry["sha256"]
 
     reused = _reuse_known_upload(ctx, record, sha256)

@@ -1,0 +1,52 @@
+"""A bounded hand-off to a worker thread, so disk writes and hashing overlap the network.
+
+Both `os.write` and `hashlib`'s update release the GIL on large buffers, so a
+slide's bytes can be received, written and hashed on three cores at once. The
+queue is bounded, which bounds memory: a slow disk slows the download instead
+of piling chunks up in RAM.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+
+_STOP = object()
+
+
+class BackgroundConsumer:
+    """Calls `consume(item)` for every submitted item, in order, on its own thread.
+
+    The first error the consumer raises is re-raised to the submitting thread
+    (on the next `submit` or on `close`); items after it are dropped.
+    """
+
+    def __init__(
+        self, consume: Callable[[memoryview], object], depth: int = 8, name: str = "consumer"
+    ) -> None:
+        self._consume = consume
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, item: memoryview) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(item)
+
+    def close(self) -> None:
+        """Wait until every item is consumed; re-raise the consumer's error if it had one."""
+        self._queue.put(_STOP)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not _STOP:
+            if self._error is None:
+                try:
+                    self._consume(item)  # type: ignore[arg-type]
+                except BaseException as exc:  # handed to the submitting thread
+                    self._error = exc

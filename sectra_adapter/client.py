@@ -1,0 +1,383 @@
+"""`SectraAdapter`: the bridge's client of one Sectra IA-API server, on httpx.
+
+It replaces `sectra_client.SectraClient` (whose schemas it keeps) because that
+client's retry never fires, it has no timeouts, it reads whole slides into
+memory and trusts server-sent filenames. Here every request has a timeout;
+idempotent calls (GET, PUT) are retried on connection errors, timeouts, 5xx
+and 429 with backoff, jitter and `Retry-After`; a POST is retried only when it
+provably never reached the server; redirects are never followed; and an expired
+token is replaced once through `/token` when client credentials are configured.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+from sectra_client.schemas import (
+    AdaptedResult,
+    ApplicationInfo,
+    ImageMetadata,
+    QualityControl,
+    Result,
+    ResultResponse,
+)
+
+from sectra_adapter._transport import Urllib3Transport
+from sectra_adapter.download import DownloadedFile, ProgressCallback, write_response
+from sectra_adapter.errors import (
+    DownloadError,
+    SectraAuthError,
+    SectraRequestFailed,
+    SectraUnavailable,
+    SectraVersionConflict,
+    safe_excerpt,
+)
+from sectra_adapter.retry import RETRYABLE_STATUS, Backoff, parse_retry_after
+from sectra_adapter.tokens import CONFIGURE_HINT, ClientCredentials, parse_grant
+from sectra_adapter.urls import normalise_base_url
+from sectra_adapter.versions import VERSION_CACHE, version_headers
+
+logger = logging.getLogger(__name__)
+
+# Errors after which the request certainly never reached the server: safe to resend anything.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+_CONFLICT = frozenset({409, 412})
+_ERROR_BODY_BYTES = 4096
+
+
+class SectraAdapter:
+    """One Sectra server, one token. Thread-safe; use as a context manager or call `close()`.
+
+    The token (and any refreshed one) is held in memory only and never exposed:
+    a worker that outlives it asks Sectra for a new one rather than storing it.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        allow_http: bool = False,
+        client_id: str | None = None,
+        client_secret: str | None = None,
+        application_id: str | None = None,
+        timeout: float = 30.0,
+        max_retries: int = 5,
+        transport: httpx.BaseTransport | None = None,
+        backoff: Backoff | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.base_url = normalise_base_url(url, allow_http)
+        self._token = token
+        self._token_lock = threading.Lock()
+        self._credentials = (
+            ClientCredentials(client_id, client_secret, application_id or "")
+            if client_id and client_secret
+            else None
+        )
+        self._backoff = backoff or Backoff(max_retries=max_retries)
+        self._sleep = sleep
+        # The read timeout bounds each wait for bytes, not the whole transfer: a slide may take minutes.
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            follow_redirects=False,
+            transport=transport if transport is not None else Urllib3Transport(),
+            headers={"Accept": "application/json", "User-Agent": "sectra-strand-bridge"},
+        )
+
+    def __repr__(self) -> str:
+        return f"SectraAdapter({self.base_url!r})"
+
+    def __enter__(self) -> SectraAdapter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._client.close()
+
+    # ---- versions -------------------------------------------------------------------------
+
+    @property
+    def version_info(self) -> ApplicationInfo:
+        """Sectra's versions, from the per-server cache (one `/info` call per server per hour)."""
+        return VERSION_CACHE.get(self.base_url, self.fetch_version_info)
+
+    @property
+    def response_headers(self) -> dict[str, str]:
+        """`X-Sectra-ApiVersion` / `X-Sectra-SoftwareVersion` for answers to this Sectra."""
+        return version_headers(self.version_info)
+
+    def fetch_version_info(self) -> ApplicationInfo:
+        """`GET /info`, bypassing the cache."""
+        return ApplicationInfo.model_validate(self._get_json("/info"))
+
+    # ---- slides ---------------------------------------------------------------------------
+
+    def get_image_metadata(self, slide_id: str, extended: bool = False, phi: bool = False) -> ImageMetadata:
+        params: dict[str, str] = {}
+        if extended:
+            params["scope"] = "extended"
+        if phi:
+            params["includePHI"] = "true"
+        return ImageMetadata.model_validate(self._get_json(f"/slides/{slide_id}/info", params))
+
+    def download_slide(
+        self, slide_id: str, output_dir: Path | str, progress: ProgressCallback | None = None
+    ) -> list[DownloadedFile]:
+        """Stream every file of a slide into `output_dir`, with size and SHA-256 of each.
+
+        Memory stays flat whatever the slide size. A download that breaks off is
+        retried from the start (it is idempotent) after removing what it wrote;
+        `progress(bytes_received, total_or_None)` is called every few MiB.
+        """
+        path = f"/slides/{slide_id}/files"
+        attempt = 0
+        while True:
+            response = self._send("GET", path, idempotent=True, stream=True, accept="*/*")
+            try:
+                self._check(response, path, ok=(200,))
+                return write_response(response.headers, response.iter_bytes(), Path(output_dir), progress)
+            except DownloadError as exc:
+                failure: Exception = exc
+                if not exc.transient:
+                    raise
+            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+                failure = exc
+            finally:
+                response.close()
+            attempt += 1
+            if attempt > self._backoff.max_retries:
+                if isinstance(failure, DownloadError):
+                    raise failure
+                raise DownloadError(
+                    f"truncated body: the connection broke during the download ({type(failure).__name__})",
+                    transient=True,
+                ) from failure
+            self._pause(attempt, None, f"GET {path}", _describe(failure))
+
+    def download_slide_files(self, slide_id: str, output_dir: Path | str) -> list[Path]:
+        """`sectra_client`-compatible: the paths of the downloaded files."""
+        return [f.path for f in self.download_slide(slide_id, output_dir)]
+
+    def set_quality_control(self, slide_id: str, quality_control: QualityControl) -> None:
+        path = f"/slides/{slide_id}/qualityControl"
+        response = self._send("PUT", path, json_body=quality_control.model_dump(mode="json"), idempotent=True)
+        self._check(response, path, ok=(200, 204))
+
+    # ---- results --------------------------------------------------------------------------
+
+    def create_results(self, app_id: str, result: Result) -> ResultResponse:
+        """POST a new result. Not retried once it may have reached Sectra (a retry could store a
+        second result); the caller reconciles with `get_all_results` instead."""
+        path = f"/applications/{app_id}/results"
+        response = self._send("POST", path, json_body=result.model_dump(mode="json"), idempotent=False)
+        self._check(response, path, ok=(200, 201))
+        return ResultResponse.model_validate(response.json())
+
+    def update_results(self, app_id: str, result_id: int, result: AdaptedResult) -> ResultResponse:
+        """PUT a new version. Raises `SectraVersionConflict` when `result.versionId` is not current
+        (which includes a retried PUT whose first attempt did land)."""
+        path = f"/applications/{app_id}/results/{result_id}"
+        response = self._send("PUT", path, json_body=result.model_dump(mode="json"), idempotent=True)
+        self._check(response, path, ok=(200,))
+        return ResultResponse.model_validate(response.json())
+
+    def get_result(self, app_id: str, result_id: int) -> ResultResponse:
+        return ResultResponse.model_validate(self._get_json(f"/applications/{app_id}/results/{result_id}"))
+
+    def get_all_results(self, slide_id: str, app_id: str) -> list[ResultResponse]:
+        payload = self._get_json(f"/applications/{app_id}/results/slide/{slide_id}")
+        if not isinstance(payload, list):
+            raise SectraRequestFailed(200, f"/applications/{app_id}/results/slide/…", "expected a JSON list")
+        return [ResultResponse.model_validate(item) for item in payload]
+
+    # ---- transport ------------------------------------------------------------------------
+
+    def _get_json(self, path: str, params: Mapping[str, str] | None = None) -> Any:
+        response = self._send("GET", path, params=params, idempotent=True)
+        self._check(response, path, ok=(200,))
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise SectraRequestFailed(response.status_code, path, "the answer is not JSON") from exc
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        idempotent: bool,
+        params: Mapping[str, str] | None = None,
+        json_body: Any = None,
+        stream: bool = False,
+        accept: str | None = None,
+    ) -> httpx.Response:
+        """Send with retries; returns the first response that is not retried (any status).
+
+        A 401 triggers one token refresh and one resend, whatever the method: a
+        request refused as unauthenticated was not acted upon.
+        """
+        attempt = 0
+        refreshed = False
+        while True:
+            token = self._token
+            headers = {"Authorization": f"Bearer {token}"}
+            if accept is not None:
+                headers.update({"Accept": accept, "Accept-Encoding": "identity"})
+            request = self._client.build_request(
+                method, self.base_url + path, params=params, json=json_body, headers=headers
+            )
+            retry_after: float | None = None
+            try:
+                response = self._client.send(request, stream=stream)
+            except _NOT_SENT as exc:
+                reason = _describe(exc)
+            except httpx.TransportError as exc:
+                if not idempotent:
+                    raise SectraUnavailable(
+                        f"{method} {path} broke off after it may have reached Sectra "
+                        f"({_describe(exc)}); not retried"
+                    ) from exc
+                reason = _describe(exc)
+            else:
+                if response.status_code == 401:
+                    response.close()
+                    if refreshed:
+                        raise SectraAuthError(
+                            f"Sectra refused a freshly issued token for {method} {path}; check that "
+                            "SECTRA_CLIENT_ID / SECTRA_CLIENT_SECRET belong to this application"
+                        )
+                    self._refresh_token(rejected=token)
+                    refreshed = True
+                    continue
+                if not (idempotent and response.status_code in RETRYABLE_STATUS):
+                    return response
+                if attempt >= self._backoff.max_retries:
+                    return response
+                retry_after = parse_retry_after(response.headers.get("retry-after"))
+                reason = f"status {response.status_code}"
+                response.close()
+            attempt += 1
+            if attempt > self._backoff.max_retries:
+                raise SectraUnavailable(
+                    f"Sectra did not answer {method} {path} after {attempt} attempts ({reason})"
+                )
+            self._pause(attempt, retry_after, f"{method} {path}", reason)
+
+    def _pause(self, attempt: int, retry_after: float | None, what: str, reason: str) -> None:
+        delay = self._backoff.delay(attempt, retry_after)
+        logger.warning(
+            "Sectra call failed; retrying",
+            extra={"call": what, "reason": reason, "attempt": attempt, "delay_s": round(delay, 2)},
+        )
+        self._sleep(delay)
+
+    def _check(self, response: httpx.Response, path: str, ok: Collection[int]) -> None:
+        """Raise the matching error unless the status is one the call expects."""
+        status = response.status_code
+        if status in ok:
+            return
+        if 300 <= status < 400:
+            raise SectraRequestFailed(status, path, "redirects are not followed")
+        text = _error_text(response)
+        if status in _CONFLICT:
+            raise SectraVersionConflict(status, path, text or "the result was changed by someone else")
+        raise SectraRequestFailed(status, path, text or response.reason_phrase)
+
+    def _refresh_token(self, rejected: str) -> None:
+        """Replace the token Sectra just refused, unless another thread already did."""
+        with self._token_lock:
+            if self._token != rejected:
+                return
+            credentials = self._credentials
+            if credentials is None:
+                raise SectraAuthError(
+                    f"Sectra rejected the callback token (401) and cannot issue a new one: {CONFIGURE_HINT}"
+                )
+            if not credentials.application_id:
+                raise SectraAuthError(
+                    "Sectra rejected the callback token (401); a new one needs the application id, "
+                    "which this adapter was not given"
+                )
+            path = "/token"
+            response = self._send_token_request(credentials)
+            if response.status_code in (400, 401, 403):
+                raise SectraAuthError(
+                    f"Sectra refused the client credentials ({response.status_code} on {path}): "
+                    f"check SECTRA_CLIENT_ID and SECTRA_CLIENT_SECRET"
+                )
+            self._check(response, path, ok=(200, 201))
+            grant = parse_grant(_json_or_none(response))
+            if grant is None:
+                raise SectraAuthError(f"Sectra's answer to {path} carries no accessToken")
+            self._token = grant.accessToken
+            logger.info("obtained a new Sectra token", extra={"expires_in_s": grant.expiresIn})
+
+    def _send_token_request(self, credentials: ClientCredentials) -> httpx.Response:
+        """POST /token, retried like an idempotent call: issuing an extra token changes nothing."""
+        attempt = 0
+        while True:
+            retry_after: float | None = None
+            try:
+                response = self._client.post(
+                    self.base_url + "/token",
+                    params={"applicationId": credentials.application_id},
+                    data={"grant_type": "client_credentials"},
+                    auth=(credentials.client_id, credentials.client_secret),
+                )
+            except httpx.TransportError as exc:
+                reason = _describe(exc)
+            else:
+                if response.status_code not in RETRYABLE_STATUS or attempt >= self._backoff.max_retries:
+                    return response
+                retry_after = parse_retry_after(response.headers.get("retry-after"))
+                reason = f"status {response.status_code}"
+            attempt += 1
+            if attempt > self._backoff.max_retries:
+                raise SectraUnavailable(f"Sectra did not answer POST /token in {attempt} attempts ({reason})")
+            self._pause(attempt, retry_after, "POST /token", reason)
+
+
+def _describe(exc: BaseException) -> str:
+    """Exception class and a redacted message: enough to diagnose, nothing secret."""
+    text = safe_excerpt(str(exc))
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _error_text(response: httpx.Response) -> str:
+    """A bounded excerpt of an error body; a streamed one is read only as far as needed."""
+    if response.is_stream_consumed:
+        body = response.content[:_ERROR_BODY_BYTES]
+    else:
+        body = b""
+        for chunk in response.iter_raw():
+            body += chunk
+            if len(body) >= _ERROR_BODY_BYTES:
+                break
+    text = body[:_ERROR_BODY_BYTES].decode("utf-8", "replace")
+    try:
+        detail = json.loads(text)
+    except ValueError:
+        return safe_excerpt(text)
+    if isinstance(detail, dict):
+        text = str(detail.get("message") or detail.get("detail") or detail.get("error") or text)
+    return safe_excerpt(text)
+
+
+def _json_or_none(response: httpx.Response) -> object:
+    try:
+        return response.json()
+    except ValueError:
+        return None

@@ -1,0 +1,212 @@
+"""Writing a streamed slide response to disk: one file per part, hashed on the way, atomically named.
+
+Each file is written as `name.part` and renamed only once complete, so a
+reader never mistakes a half-written slide for a whole one; on any error every
+file of the download (finished or not) is removed, because a partial set of
+DICOM instances is as useless as a partial file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from email.message import Message
+from pathlib import Path
+
+from sectra_adapter._background import BackgroundConsumer
+from sectra_adapter._multipart import MultipartParser
+from sectra_adapter.errors import DownloadError
+from sectra_adapter.filenames import PART_SUFFIX, NameAllocator, filename_from_disposition
+
+ProgressCallback = Callable[[int, int | None], None]
+PROGRESS_STEP = 8 * 1024 * 1024  # report at most every 8 MiB: callers post progress to Sectra
+# O_NOFOLLOW: a symlink planted in the staging directory cannot redirect the write.
+_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadedFile:
+    """One file of a slide, as written: its final path, byte size and SHA-256 (hex)."""
+
+    path: Path
+    size: int
+    sha256: str
+    content_type: str | None
+
+
+class _OpenFile:
+    """The part being written: a `.part` file fed by a writer thread and a hashing thread."""
+
+    def __init__(self, final: Path, content_type: str | None) -> None:
+        self.final = final
+        self.temp = final.with_name(final.name + PART_SUFFIX)
+        self.content_type = content_type
+        self.hasher = hashlib.sha256()
+        self.size = 0
+        # 0o600: staged slides may carry patient data until de-identified.
+        self._fd = os.open(self.temp, _OPEN_FLAGS, 0o600)
+        self._writer = BackgroundConsumer(self._write_all, name="slide-writer")
+        self._hashing = BackgroundConsumer(self.hasher.update, name="slide-hasher")
+
+    def write(self, data: memoryview) -> None:
+        self._writer.submit(data)
+        self._hashing.submit(data)
+        self.size += len(data)
+
+    def finish(self) -> None:
+        """Flush everything to the `.part` file and move it to its final name."""
+        try:
+            self._writer.close()
+            self._hashing.close()
+        finally:
+            os.close(self._fd)
+        os.replace(self.temp, self.final)
+
+    def abort(self) -> None:
+        with contextlib.suppress(BaseException):
+            self._writer.close()
+        with contextlib.suppress(BaseException):
+            self._hashing.close()
+        os.close(self._fd)
+        self.temp.unlink(missing_ok=True)
+
+    def _write_all(self, data: memoryview) -> None:
+        while data:
+            written = os.write(self._fd, data)
+            data = data[written:]
+
+
+class SlideFileWriter:
+    """A multipart sink (and single-file writer) that turns parts into `DownloadedFile`s."""
+
+    def __init__(self, output_dir: Path) -> None:
+        self._dir = output_dir
+        self._names = NameAllocator()
+        self._current: _OpenFile | None = None
+        self.files: list[DownloadedFile] = []
+
+    def start_part(self, headers: dict[str, str]) -> None:
+        name = self._names.allocate(
+            filename_from_disposition(headers.get("content-disposition")), len(self.files) + 1
+        )
+        final = self._dir / name
+        # Defence in depth: sanitising already guarantees a single component.
+        if final.parent != self._dir:
+            raise DownloadError(f"part {len(self.files) + 1} would be written outside the output directory")
+        self._current = _OpenFile(final, headers.get("content-type"))
+
+    def write(self, data: memoryview) -> None:
+        current = self._current
+        if current is None:
+            raise DownloadError("slide data arrived outside any part")
+        current.write(data)
+
+    def end_part(self) -> None:
+        current = self._current
+        if current is None:
+            return
+        self._current = None
+        try:
+            current.finish()
+        except BaseException:
+            current.temp.unlink(missing_ok=True)
+            raise
+        self.files.append(
+            DownloadedFile(current.final, current.size, current.hasher.hexdigest(), current.content_type)
+        )
+
+    def discard(self) -> None:
+        """Remove everything this download wrote: the open `.part` file and finished files."""
+        if self._current is not None:
+            self._current.abort()
+            self._current = None
+        for done in self.files:
+            done.path.unlink(missing_ok=True)
+        self.files.clear()
+
+
+def write_response(
+    headers: Mapping[str, str],
+    chunks: Iterable[bytes],
+    output_dir: Path,
+    progress: ProgressCallback | None = None,
+) -> list[DownloadedFile]:
+    """Stream one `/slides/{id}/files` body to `output_dir`; removes what it wrote if anything fails.
+
+    A multipart body (`multipart/related` from real Sectra for several files,
+    `multipart/form-data` from the mock) yields one file per part; any other
+    type (`application/octet-stream`) is one file named by the response's
+    `Content-Disposition`. `headers` are the response's; `chunks` its decoded body.
+    """
+    output_dir.mkdir(parents=True, exist_ok=True)
+    writer = SlideFileWriter(output_dir)
+    total = _declared_length(headers)
+    try:
+        received = _stream(headers, chunks, writer, total, progress)
+        if total is not None and received != total:
+            raise DownloadError(f"truncated body: received {received} of {total} bytes", transient=True)
+    except BaseException:
+        writer.discard()
+        raise
+    return writer.files
+
+
+def _stream(
+    headers: Mapping[str, str],
+    chunks: Iterable[bytes],
+    writer: SlideFileWriter,
+    total: int | None,
+    progress: ProgressCallback | None,
+) -> int:
+    media_type, boundary = _media_type(headers.get("content-type"))
+    parser: MultipartParser | None = None
+    if media_type.startswith("multipart/"):
+        if not boundary:
+            raise DownloadError(f"the {media_type} response has no boundary parameter")
+        parser = MultipartParser(boundary, writer)
+        feed: Callable[[bytes], None] = parser.feed
+    else:
+        writer.start_part(
+            {"content-disposition": headers.get("content-disposition", ""), "content-type": media_type}
+        )
+
+        def feed(chunk: bytes) -> None:
+            writer.write(memoryview(chunk))
+
+    received = reported = 0
+    for chunk in chunks:
+        feed(chunk)
+        received += len(chunk)
+        if progress is not None and received - reported >= PROGRESS_STEP:
+            reported = received
+            progress(received, total)
+    if parser is not None:
+        parser.finish()
+    else:
+        writer.end_part()
+    if progress is not None and received != reported:
+        progress(received, total)
+    return received
+
+
+def _declared_length(headers: Mapping[str, str]) -> int | None:
+    """Content-Length, when it describes the bytes we will see (no content coding applied)."""
+    if headers.get("content-encoding", "identity").lower() != "identity":
+        return None
+    try:
+        return int(headers["content-length"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _media_type(content_type: str | None) -> tuple[str, str | None]:
+    """Media type (lower case) and boundary parameter, parsed by the standard library."""
+    if not content_type:
+        return "application/octet-stream", None
+    message = Message()
+    message["content-type"] = content_type
+    boundary = message.get_param("boundary")
+    return message.get_content_type(), boundary if isinstance(boundary, str) else None

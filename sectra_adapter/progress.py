@@ -1,0 +1,114 @@
+"""One Sectra result per run: created once, then updated in place with progress and the outcome.
+
+Sectra versions results (optimistic concurrency): an update must carry the
+current `versionId`. Another writer (a second worker after a crash, a retried
+PUT whose first attempt landed, the pathologist) may have moved it on; the
+publisher then rereads the result and applies its update on top, since the
+latest state of the run is what the slide should show.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from sectra_client.schemas import AdaptedResult, Result, ResultResponse
+
+from sectra_adapter.client import SectraAdapter
+from sectra_adapter.errors import SectraError, SectraVersionConflict
+from sectra_adapter.results import progress_result
+
+logger = logging.getLogger(__name__)
+
+MAX_CONFLICT_RETRIES = 3
+
+
+class ResultPublisher:
+    """Keeps a run's single result on the slide current; `result_id`/`version_id` are for the run store."""
+
+    def __init__(
+        self,
+        adapter: SectraAdapter,
+        app_id: str,
+        slide_id: str,
+        app_version: str,
+        *,
+        result_id: int | None,
+        version_id: str | None,
+        min_interval: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._adapter = adapter
+        self._app_id = app_id
+        self._slide_id = slide_id
+        self._app_version = app_version
+        self._result_id = result_id
+        self._version_id = version_id
+        self._min_interval = min_interval
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._last_message: str | None = None
+        self._last_sent: float | None = None
+
+    @property
+    def result_id(self) -> int | None:
+        return self._result_id
+
+    @property
+    def version_id(self) -> str | None:
+        return self._version_id
+
+    def ensure_created(self, result: Result) -> ResultResponse:
+        """Create the run's result unless it exists; an existing one is reread for its current version."""
+        with self._lock:
+            if self._result_id is not None:
+                return self._remember(self._adapter.get_result(self._app_id, self._result_id))
+            return self._remember(self._adapter.create_results(self._app_id, result))
+
+    def publish(self, result: Result) -> ResultResponse:
+        """Replace the run's result with `result` (creating it if the run has none yet)."""
+        with self._lock:
+            if self._result_id is None:
+                return self.ensure_created(result)
+            result_id = self._result_id
+            for _ in range(MAX_CONFLICT_RETRIES):
+                if self._version_id is None:
+                    self._remember(self._adapter.get_result(self._app_id, result_id))
+                assert self._version_id is not None
+                update = AdaptedResult(**result.model_dump(), versionId=self._version_id)
+                try:
+                    return self._remember(self._adapter.update_results(self._app_id, result_id, update))
+                except SectraVersionConflict:
+                    logger.info("Sectra result changed meanwhile; rereading", extra={"result_id": result_id})
+                    self._version_id = None
+            raise SectraVersionConflict(
+                409,
+                f"/applications/{self._app_id}/results/{result_id}",
+                f"the result kept changing; gave up after {MAX_CONFLICT_RETRIES} attempts",
+            )
+
+    def progress(self, message: str, force: bool = False) -> ResultResponse | None:
+        """Show `message` as the run's status, unless it is unchanged or the last one was too recent.
+
+        Best effort: progress is a courtesy to the pathologist, so a Sectra error
+        is logged and swallowed (returns None) rather than failing the run.
+        """
+        with self._lock:
+            now = self._clock()
+            if not force and (
+                message == self._last_message
+                or (self._last_sent is not None and now - self._last_sent < self._min_interval)
+            ):
+                return None
+            self._last_message, self._last_sent = message, now
+            try:
+                return self.publish(progress_result(self._slide_id, self._app_version, message))
+            except SectraError as exc:
+                logger.warning("could not post progress to Sectra: %s", exc)
+                return None
+
+    def _remember(self, response: ResultResponse) -> ResultResponse:
+        self._result_id, self._version_id = response.id, response.versionId
+        return response

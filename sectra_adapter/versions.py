@@ -1,0 +1,104 @@
+"""Sectra's API and software versions, cached per Sectra server.
+
+Every webhook answer must carry `X-Sectra-ApiVersion` and
+`X-Sectra-SoftwareVersion`. They change only when Sectra is upgraded, so a busy
+webhook reads `/info` once per server per TTL, not once per request; one lookup
+per server runs at a time, and a failed lookup is not repeated for a while.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from sectra_client.schemas import ApplicationInfo
+
+from sectra_adapter.errors import SectraError
+
+logger = logging.getLogger(__name__)
+
+INFO_TTL_SECONDS = 3600.0
+FAILURE_BACKOFF_SECONDS = 60.0
+
+
+def version_headers(info: ApplicationInfo) -> dict[str, str]:
+    return {"X-Sectra-ApiVersion": info.apiVersion, "X-Sectra-SoftwareVersion": info.softwareVersion}
+
+
+class VersionCache:
+    """Thread-safe TTL cache of `ApplicationInfo` keyed by Sectra base URL."""
+
+    def __init__(
+        self,
+        ttl: float = INFO_TTL_SECONDS,
+        failure_backoff: float = FAILURE_BACKOFF_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._ttl = ttl
+        self._failure_backoff = failure_backoff
+        self._clock = clock
+        self._guard = threading.Lock()
+        self._entries: dict[str, tuple[float, ApplicationInfo]] = {}
+        self._failed_at: dict[str, float] = {}
+        self._key_locks: dict[str, threading.Lock] = {}
+
+    def fresh(self, key: str) -> ApplicationInfo | None:
+        """The cached value if still within its TTL; never fetches."""
+        with self._guard:
+            entry = self._entries.get(key)
+        if entry is not None and self._clock() - entry[0] < self._ttl:
+            return entry[1]
+        return None
+
+    def get(
+        self,
+        key: str,
+        fetch: Callable[[], ApplicationInfo],
+        fallback: ApplicationInfo | None = None,
+    ) -> ApplicationInfo:
+        """The versions for `key`, fetching when stale.
+
+        When the fetch fails (or failed less than `failure_backoff` ago), answer
+        with the last known value, else `fallback`, and log it; raise only when
+        there is neither.
+        """
+        cached = self.fresh(key)
+        if cached is not None:
+            return cached
+        with self._lock_for(key):
+            cached = self.fresh(key)
+            if cached is not None:
+                return cached
+            with self._guard:
+                failed_at = self._failed_at.get(key)
+                stale = self._entries.get(key)
+            substitute = stale[1] if stale is not None else fallback
+            recently_failed = failed_at is not None and self._clock() - failed_at < self._failure_backoff
+            if substitute is not None and recently_failed:
+                return substitute
+            try:
+                info = fetch()
+            except SectraError as exc:
+                with self._guard:
+                    self._failed_at[key] = self._clock()
+                if substitute is None:
+                    raise
+                logger.warning(
+                    "cannot read Sectra versions from /info (%s); answering with the %s versions",
+                    exc,
+                    "last known" if stale is not None else "configured default",
+                )
+                return substitute
+            with self._guard:
+                self._entries[key] = (self._clock(), info)
+                self._failed_at.pop(key, None)
+            return info
+
+    def _lock_for(self, key: str) -> threading.Lock:
+        with self._guard:
+            return self._key_locks.setdefault(key, threading.Lock())
+
+
+VERSION_CACHE = VersionCache()

@@ -1,0 +1,81 @@
+"""Probes and metrics: is the process up, can it take work, and what has it done.
+
+Readiness checks what a new run needs at once: Redis (run store and queue)
+and room in the work directory for the slide a worker on this host will
+stage. Each check is reported separately so an operator sees which one failed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from service.state import get_state
+
+MIN_FREE_BYTES = 1 << 30
+MIN_FREE_FRACTION = 0.05
+
+router = APIRouter()
+
+
+def check_work_dir(
+    path: Path, *, min_free_bytes: int = MIN_FREE_BYTES, min_free_fraction: float = MIN_FREE_FRACTION
+) -> dict[str, Any]:
+    """Free space where slides are staged; the directory may not exist yet, so its nearest parent counts."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        usage = shutil.disk_usage(probe)
+    except OSError as exc:
+        return {"ok": False, "path": str(path), "message": f"cannot read free space: {exc.strerror}"}
+    fraction = usage.free / usage.total if usage.total else 0.0
+    ok = usage.free >= min_free_bytes and fraction >= min_free_fraction
+    check: dict[str, Any] = {
+        "ok": ok,
+        "path": str(path),
+        "free_bytes": usage.free,
+        "free_fraction": round(fraction, 4),
+    }
+    if not ok:
+        check["message"] = (
+            f"less than {min_free_bytes / (1 << 30):g} GiB or {min_free_fraction:.0%} free for staged slides"
+        )
+    return check
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    state = get_state(request)
+    redis_ok = await anyio.to_thread.run_sync(state.store.ping)
+    checks: dict[str, dict[str, Any]] = {
+        "redis": {"ok": redis_ok} if redis_ok else {"ok": False, "message": "Redis does not answer"},
+        "work_dir": await anyio.to_thread.run_sync(check_work_dir, state.settings.work_dir),
+    }
+    ready = all(check["ok"] for check in checks.values())
+    return JSONResponse(
+        {"status": "ready" if ready else "not_ready", "checks": checks}, status_code=200 if ready else 503
+    )
+
+
+@router.get("/metrics")
+def metrics() -> Response:
+    """Prometheus text format; with several web processes, merged from PROMETHEUS_MULTIPROC_DIR."""
+    registry = REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

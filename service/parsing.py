@@ -1,0 +1,91 @@
+"""Reading and validating an invocation body, with a distinct 4xx for each way it can be wrong.
+
+Sectra's administrators read these answers when an integration misbehaves, so
+"not JSON", "unknown action" and "field X missing" are told apart. Messages
+name fields, never values (an invocation carries a callback token and may
+carry patient data).
+"""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+from fastapi import Request
+from pydantic import TypeAdapter, ValidationError
+from sectra_client.schemas import (
+    Action,
+    CancelInvocation,
+    CreateInvocation,
+    DeleteInvocation,
+    Invocation,
+    ModifyInvocation,
+    NewImageFilesInvocation,
+)
+
+from service.errors import ApiError, describe_validation_errors
+
+MAX_BODY_BYTES = 1 << 20
+
+AnyInvocation: TypeAlias = (
+    CreateInvocation | ModifyInvocation | CancelInvocation | DeleteInvocation | NewImageFilesInvocation
+)
+
+_INVOCATION: TypeAdapter[AnyInvocation] = TypeAdapter(Invocation)
+_ACTIONS = tuple(action.value for action in Action)
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+async def read_json_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The raw body, refused early when it is not JSON or is larger than `limit` bytes.
+
+    The size is enforced while streaming, so a client lying in Content-Length (or
+    sending chunked) cannot make the service buffer more than `limit`.
+    """
+    if not _is_json(request.headers.get("content-type", "")):
+        raise ApiError(
+            415, "unsupported_media_type", "the body must be JSON (Content-Type: application/json)"
+        )
+    too_large = ApiError(413, "body_too_large", f"the body is larger than {limit} bytes")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_invocation(raw: bytes) -> AnyInvocation:
+    try:
+        return _INVOCATION.validate_json(raw)
+    except ValidationError as exc:
+        raise _refusal(exc) from None
+
+
+def _refusal(exc: ValidationError) -> ApiError:
+    errors = exc.errors(include_input=False, include_url=False, include_context=False)
+    top = {error["type"] for error in errors if not error["loc"]}
+    if "json_invalid" in top:
+        detail = next(e["msg"] for e in errors if e["type"] == "json_invalid")
+        return ApiError(400, "malformed_json", f"the body is not valid JSON ({detail})")
+    if top & {"dict_type", "model_type", "model_attributes_type"}:
+        return ApiError(422, "invalid_invocation", "the body must be a JSON object")
+    if "union_tag_not_found" in top:
+        return ApiError(
+            422, "invalid_invocation", f"field 'action' is required: one of {', '.join(_ACTIONS)}"
+        )
+    if "union_tag_invalid" in top:
+        return ApiError(400, "unknown_action", f"field 'action' must be one of {', '.join(_ACTIONS)}")
+    # pydantic's text for a bad nested tag quotes the value; name the field without it.
+    for error in errors:
+        if error["type"] == "union_tag_invalid":
+            error["msg"] = "unknown 'type'"
+    return ApiError(422, "invalid_invocation", describe_validation_errors(errors, skip_leading=_ACTIONS))

@@ -1,0 +1,122 @@
+"""The routes Sectra calls: registration, info, invocations and image notifications.
+
+Checks run cheapest and safest first: auth, app, body, then the callback URL
+allow-list, and only after that anything that talks to the callback URL.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import anyio
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from sectra_client.schemas import (
+    CancelInvocation,
+    CreateInvocation,
+    DeleteInvocation,
+    ModifyInvocation,
+    NewImageFilesInvocation,
+)
+
+from sectra_adapter.gate import check_slide
+from service import webhook
+from service.auth import require_webhook_token
+from service.errors import ApiError
+from service.parsing import AnyInvocation, parse_invocation, read_json_body
+from service.registration import app_info, build_registration
+from service.sectra_link import DEFAULT_HEADERS, callback_headers, check_callback
+from service.state import ServiceState, get_state
+from workers.apps import AppConfig
+from workers.observability import run_context
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/sectra")
+
+
+def _app(state: ServiceState, app_id: str) -> AppConfig:
+    app = state.apps.get(app_id)
+    if app is None:
+        raise ApiError(404, "unknown_app", f"no app {app_id!r} is configured on this bridge")
+    return app
+
+
+async def _invocation_for(
+    request: Request, state: ServiceState, app_id: str
+) -> tuple[AppConfig, AnyInvocation]:
+    require_webhook_token(request, state.settings.webhook_token)
+    app = _app(state, app_id)
+    invocation = parse_invocation(await read_json_body(request))
+    if invocation.applicationId != app_id:
+        raise ApiError(
+            400, "app_id_mismatch", "field 'applicationId' does not match the app id in the URL path"
+        )
+    return app, invocation
+
+
+async def _checked_headers(
+    request: Request, state: ServiceState, invocation: AnyInvocation
+) -> dict[str, str]:
+    """Refuse a callback URL off the allow-list, then learn this Sectra's versions for our answer."""
+    check_callback(state, invocation.callbackInfo.url)
+    headers = await anyio.to_thread.run_sync(
+        callback_headers, state, invocation.callbackInfo.url, invocation.callbackInfo.token
+    )
+    request.state.sectra_headers = headers  # error answers from here on carry them too
+    return headers
+
+
+@router.get("/{app_id}")
+def registration(app_id: str, request: Request) -> JSONResponse:
+    state = get_state(request)
+    app = _app(state, app_id)
+    base = (state.settings.public_url or str(request.base_url)).rstrip("/")
+    body = build_registration(app, f"{base}/sectra/{app.id}").model_dump(mode="json")
+    return JSONResponse(body, headers=DEFAULT_HEADERS)
+
+
+@router.get("/{app_id}/info")
+def info(app_id: str, request: Request) -> JSONResponse:
+    app = _app(get_state(request), app_id)
+    return JSONResponse(app_info(app).model_dump(mode="json"), headers=DEFAULT_HEADERS)
+
+
+@router.post("/{app_id}")
+async def invoke(app_id: str, request: Request) -> JSONResponse:
+    state = get_state(request)
+    app, invocation = await _invocation_for(request, state, app_id)
+    if isinstance(invocation, NewImageFilesInvocation):
+        raise ApiError(
+            400, "unexpected_action", f"'newImageFiles' goes to /sectra/{app_id}/imagenotification"
+        )
+    headers = await _checked_headers(request, state, invocation)
+    if isinstance(invocation, CreateInvocation):
+        result = await webhook.start_run(state, app, invocation, "create")
+        return JSONResponse(result, headers=headers)
+    if isinstance(invocation, CancelInvocation):
+        note = await anyio.to_thread.run_sync(webhook.cancel_sync, state, app, invocation)
+    elif isinstance(invocation, ModifyInvocation):
+        note = await anyio.to_thread.run_sync(webhook.modify_sync, state, app, invocation)
+    else:
+        assert isinstance(invocation, DeleteInvocation)
+        note = await anyio.to_thread.run_sync(webhook.delete_sync, state, app, invocation)
+    return JSONResponse({"note": note}, headers=headers)
+
+
+@router.post("/{app_id}/imagenotification")
+async def image_notification(app_id: str, request: Request) -> JSONResponse:
+    state = get_state(request)
+    app, invocation = await _invocation_for(request, state, app_id)
+    if not isinstance(invocation, NewImageFilesInvocation):
+        raise ApiError(400, "unexpected_action", f"only 'newImageFiles' is accepted on {request.url.path}")
+    with run_context(app=app.id):
+        if not app.start_on_new_images:
+            log.info("image notification ignored: the app does not start runs on new images")
+            return JSONResponse({}, headers=DEFAULT_HEADERS)
+        reason = check_slide(invocation.imageInfo, **app.slide_gate.model_dump())
+        if reason is not None:
+            log.info("image notification ignored: the slide does not pass the gate", extra={"reason": reason})
+            return JSONResponse({}, headers=DEFAULT_HEADERS)
+    headers = await _checked_headers(request, state, invocation)
+    await webhook.start_run(state, app, invocation, "newImageFiles")
+    return JSONResponse({}, headers=headers)

@@ -1,0 +1,69 @@
+"""The webhook's outbound side: which Sectra it may call, and calling it cheaply.
+
+Every invocation names its own Sectra (callback URL and token), so the webhook
+builds a short-lived `SectraAdapter` per request. Building an httpx client
+loads a TLS context (tens of milliseconds), which alone would break the
+webhook's latency target; so all adapters share one connection pool through a
+transport that ignores the adapters' `close()`, and the app closes the real
+pool once, at shutdown.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from sectra_adapter.client import SectraAdapter
+from sectra_adapter.errors import CallbackUrlRefused
+from sectra_adapter.headers import DEFAULT_VERSIONS, sectra_response_headers
+from sectra_adapter.urls import check_callback_url
+from sectra_adapter.versions import version_headers
+from service.errors import ApiError
+from service.state import ServiceState
+
+# Sectra waits for our answer, so the webhook's own calls to Sectra are short and barely retried.
+WEBHOOK_SECTRA_TIMEOUT = 10.0
+WEBHOOK_SECTRA_RETRIES = 2
+DEFAULT_HEADERS = version_headers(DEFAULT_VERSIONS)
+
+
+class SharedTransport(httpx.BaseTransport):
+    """A transport many clients share: closing one client leaves the pool open for the others."""
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self.inner = inner
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        """Deliberately nothing: the owner closes `inner` when the app shuts down."""
+
+
+def check_callback(state: ServiceState, url: str) -> None:
+    """403 before any outbound request when the callback URL is not on the allow-list."""
+    try:
+        check_callback_url(url, state.settings.allowed_callback_urls, state.settings.allow_http)
+    except CallbackUrlRefused as exc:
+        raise ApiError(403, "callback_url_refused", f"callback URL refused: {exc.reason}") from None
+
+
+def callback_headers(state: ServiceState, url: str, token: str) -> dict[str, str]:
+    """Sectra's version headers for a checked callback URL (cached per server; never fails)."""
+    return sectra_response_headers(
+        url, token, allow_http=state.settings.allow_http, transport=state.sectra_transport
+    )
+
+
+def adapter_for(state: ServiceState, url: str, token: str, app_id: str) -> SectraAdapter:
+    secret = state.settings.sectra_client_secret
+    return SectraAdapter(
+        url,
+        token,
+        allow_http=state.settings.allow_http,
+        client_id=state.settings.sectra_client_id,
+        client_secret=secret.get_secret_value() if secret else None,
+        application_id=app_id,
+        timeout=WEBHOOK_SECTRA_TIMEOUT,
+        max_retries=WEBHOOK_SECTRA_RETRIES,
+        transport=state.sectra_transport,
+    )

@@ -1,0 +1,243 @@
+"""What each IA-API action does: create (and newImageFiles) start a run; cancel, modify, delete touch one.
+
+Idempotency is the heart of `create`: Sectra retries, sometimes ten at once.
+The run id derives from (app, slide, cancellationToken), so every copy finds
+the same record; a short lease in Redis lets exactly one of them store the
+pending result in Sectra and enqueue the run, and the others wait for that
+result and answer with it. If the holder dies, its lease expires and a later
+copy takes over; if Sectra refuses, the run is deleted so no copy is left
+holding a half-created run.
+
+Functions named `*_sync` block (Redis, Sectra) and run in a worker thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from sectra_client.schemas import (
+    CancelInvocation,
+    CreateInvocation,
+    DeleteInvocation,
+    ModifyInvocation,
+    NewImageFilesInvocation,
+)
+
+from sectra_adapter.errors import SectraError
+from sectra_adapter.results import pending_result
+from service.errors import ApiError
+from service.sectra_link import adapter_for
+from service.state import ServiceState
+from workers.apps import AppConfig
+from workers.observability import EXTERNAL_CALLS, RUNS_STARTED, run_context
+from workers.runstore import RunNotFound, RunSource
+
+log = logging.getLogger(__name__)
+
+PENDING_LEASE = "pending-result"
+# Longer than the webhook's Sectra call can take (timeout x retries), so a live holder never loses it.
+PENDING_LEASE_SECONDS = 60.0
+DUPLICATE_WAIT_SECONDS = 10.0
+MODIFY_AUDIT_MAX_BYTES = 64 * 1024
+_RUN_ID = re.compile(r"^run-[0-9a-f]{24}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One look at a run while starting it: done (with the stored result), gone, or still busy."""
+
+    result: dict[str, Any] | None = None
+    gone: bool = False
+
+
+async def start_run(
+    state: ServiceState,
+    app: AppConfig,
+    invocation: CreateInvocation | NewImageFilesInvocation,
+    source: RunSource,
+) -> dict[str, Any]:
+    """The pending result stored in Sectra for this invocation, creating the run if it is new."""
+    record, created = await anyio.to_thread.run_sync(
+        lambda: state.store.create_or_get(
+            app_id=app.id,
+            slide_id=invocation.slideId,
+            cancellation_token=invocation.cancellationToken,
+            callback_url=invocation.callbackInfo.url,
+            callback_token=invocation.callbackInfo.token,
+            source=source,
+        )
+    )
+    with run_context(run_id=record.run_id, app=app.id):
+        if not created:
+            log.info("duplicate invocation; answering with the run's pending result")
+        deadline = time.monotonic() + DUPLICATE_WAIT_SECONDS
+        pause = 0.02
+        while True:
+            attempt = await anyio.to_thread.run_sync(
+                _attempt_sync, state, app, invocation, record.run_id, source
+            )
+            if attempt.result is not None:
+                return attempt.result
+            if attempt.gone:
+                raise ApiError(
+                    502,
+                    "sectra_unavailable",
+                    "an identical invocation could not store its pending result in Sectra; retry later",
+                )
+            if time.monotonic() >= deadline:
+                raise ApiError(
+                    503,
+                    "still_processing",
+                    "an identical invocation is still being processed; retry shortly",
+                    headers={"Retry-After": "2"},
+                )
+            await anyio.sleep(pause)
+            pause = min(pause * 2, 0.25)
+
+
+def _attempt_sync(
+    state: ServiceState,
+    app: AppConfig,
+    invocation: CreateInvocation | NewImageFilesInvocation,
+    run_id: str,
+    source: RunSource,
+) -> Attempt:
+    store = state.store
+    record = store.get(run_id)
+    if record is None:
+        return Attempt(gone=True)
+    if record.pending_result is not None:
+        return Attempt(result=record.pending_result)
+    lease = store.acquire_lease(run_id, PENDING_LEASE, PENDING_LEASE_SECONDS)
+    if lease is None:
+        return Attempt()
+    try:
+        record = store.get(run_id)  # the previous holder may have finished just before we took over
+        if record is None:
+            return Attempt(gone=True)
+        if record.pending_result is not None:
+            return Attempt(result=record.pending_result)
+        return Attempt(result=_store_pending_sync(state, app, invocation, run_id, source))
+    finally:
+        store.release_lease(run_id, PENDING_LEASE, lease)
+
+
+def _store_pending_sync(
+    state: ServiceState,
+    app: AppConfig,
+    invocation: CreateInvocation | NewImageFilesInvocation,
+    run_id: str,
+    source: RunSource,
+) -> dict[str, Any]:
+    """Store the pending result in Sectra, save it in the run, and enqueue the run: in that order.
+
+    The worker updates this very result later, so it must be saved before the run is enqueued.
+    """
+    store = state.store
+    try:
+        with adapter_for(state, invocation.callbackInfo.url, invocation.callbackInfo.token, app.id) as sectra:
+            stored = sectra.create_results(app.id, pending_result(invocation.slideId, app.version))
+    except SectraError as exc:
+        EXTERNAL_CALLS.labels(service="sectra", outcome="error").inc()
+        store.delete(run_id)
+        log.warning("could not store the pending result in Sectra; run discarded", extra={"reason": str(exc)})
+        raise ApiError(
+            502, "sectra_unavailable", f"could not store the pending result in Sectra: {exc}"
+        ) from None
+    except BaseException:
+        store.delete(run_id)  # never leave a run that has no pending result and no owner
+        raise
+    EXTERNAL_CALLS.labels(service="sectra", outcome="ok").inc()
+    body = stored.model_dump(mode="json")
+    store.update(
+        run_id,
+        pending_result=body,
+        sectra_result_id=stored.id,
+        sectra_version_id=stored.versionId,
+        message=stored.displayResult,
+    )
+    store.append_event(run_id, "created", source=source, sectra_result_id=stored.id)
+    RUNS_STARTED.labels(app=app.id).inc()
+    try:
+        state.enqueue(run_id)
+    except Exception as exc:
+        # The run is recorded with its result; the workers' recovery sweep re-drives it.
+        log.error(
+            "could not enqueue the run; recovery will pick it up", extra={"error_type": type(exc).__name__}
+        )
+        store.append_event(run_id, "enqueue_failed", error_type=type(exc).__name__)
+    else:
+        store.append_event(run_id, "enqueued")
+    log.info("run created", extra={"source": source, "sectra_result_id": stored.id})
+    return body
+
+
+def cancel_sync(state: ServiceState, app: AppConfig, invocation: CancelInvocation) -> str:
+    """Flag the run; the worker stops at its next checkpoint and writes the cancelled result."""
+    run_id = state.store.find(app.id, invocation.slideId, invocation.cancellationToken)
+    if run_id is None:
+        log.info("cancel for an unknown run; acknowledged", extra={"app": app.id})
+        return "no run matches this invocation; nothing to cancel"
+    with run_context(run_id=run_id, app=app.id):
+        try:
+            record = state.store.request_cancel(run_id, "cancelled in Sectra")
+        except RunNotFound:
+            return "no run matches this invocation; nothing to cancel"
+        if record.is_final:
+            log.info("cancel for a finished run; acknowledged", extra={"status": record.status.value})
+            return f"the run has already {record.status.value}"
+        # A new step supersedes a run's scheduled one, so a run waiting on Strand notices at once.
+        state.enqueue(run_id)
+        log.info("cancellation requested")
+        return "cancellation requested"
+
+
+def modify_sync(state: ServiceState, app: AppConfig, invocation: ModifyInvocation) -> str:
+    run_id = state.store.find(app.id, invocation.slideId, invocation.cancellationToken)
+    if run_id is None:
+        log.info("modify for an unknown run; acknowledged", extra={"app": app.id})
+        return "no run matches this invocation; modification not recorded"
+    body = invocation.model_dump(mode="json", exclude={"callbackInfo": {"token"}, "cancellationToken": True})
+    encoded = json.dumps(body, separators=(",", ":"))
+    if len(encoded) > MODIFY_AUDIT_MAX_BYTES:
+        body = {
+            "resultId": invocation.input.id,
+            "versionId": invocation.input.versionId,
+            "displayResult": invocation.input.displayResult,
+            "truncated": True,
+            "bytes": len(encoded),
+        }
+    with run_context(run_id=run_id, app=app.id):
+        if state.store.append_event(run_id, "modified_in_sectra", body=body) is None:
+            return "no run matches this invocation; modification not recorded"
+        log.info("modification recorded in the audit trail")
+    return "modification recorded"
+
+
+def delete_sync(state: ServiceState, app: AppConfig, invocation: DeleteInvocation) -> str:
+    """Remove the run's record, audit trail and staged slide files."""
+    store = state.store
+    run_id = None
+    if invocation.cancellationToken:
+        run_id = store.find(app.id, invocation.slideId, invocation.cancellationToken)
+    if run_id is None:
+        run_id = store.find_by_result(app.id, invocation.input.id)
+    if run_id is None or not _RUN_ID.match(run_id):
+        log.info("delete for an unknown run; acknowledged", extra={"app": app.id})
+        return "no run matches this result; nothing to delete"
+    with run_context(run_id=run_id, app=app.id):
+        record = store.get(run_id)
+        if record is not None and not record.is_final:
+            # A worker between checkpoints finds the flag (or the missing record) and stops.
+            store.request_cancel(run_id, "result deleted in Sectra")
+        store.delete(run_id)
+        shutil.rmtree(state.settings.work_dir / run_id, ignore_errors=True)
+        log.info("run deleted with its staged files")
+    return "run deleted"

@@ -1,0 +1,254 @@
+"""A read-only zarr-python 3 store over Strand's authenticated result-file proxy.
+
+The proxy serves one object per `GET /jobs/{id}/results/files/{key}` and
+cannot list, so this store answers `get` (whole objects and byte ranges) and
+nothing else. zarr runs every store call on its own event-loop thread and
+fetches many chunks at once; all network I/O therefore lives in one
+`httpx.AsyncClient` that is only ever used on that loop, behind a semaphore
+that caps how hard we lean on the platform.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+
+import httpx
+from zarr.abc.store import (
+    ByteRequest,
+    OffsetByteRequest,
+    RangeByteRequest,
+    Store,
+    SuffixByteRequest,
+)
+from zarr.core.buffer import Buffer, BufferPrototype
+
+from strand_client._http import error_from_response
+from strand_client._retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after
+from strand_client.errors import StrandConnectionError
+
+_STREAM_CHUNK = 1 << 20
+
+
+class ResultFetcher:
+    """Fetches result objects by key: bounded concurrency, timeouts, and retries of these idempotent GETs.
+
+    404 means "absent" (zarr reads an absent chunk as its fill value) and comes
+    back as None; 408/429/5xx and transport failures are retried with jittered
+    backoff that honours `Retry-After`; anything else is raised as the client's
+    typed error.
+    """
+
+    def __init__(
+        self,
+        *,
+        files_url: str,
+        api_key: str,
+        timeout: float,
+        policy: RetryPolicy,
+        concurrency: int,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.files_url = files_url.rstrip("/")
+        self._policy = policy
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self._client = httpx.AsyncClient(
+            headers={
+                "Authorization": f"Bearer {api_key}",
+                "User-Agent": "sectra-strand-bridge/results",
+                "Accept-Encoding": "identity",  # chunks are zstd already; gzip on top only costs CPU
+            },
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            follow_redirects=False,
+            transport=transport,
+        )
+
+    def __repr__(self) -> str:
+        return f"ResultFetcher(files_url={self.files_url!r})"
+
+    async def get(self, key: str, byte_range: ByteRequest | None = None) -> bytes | bytearray | None:
+        """The object's bytes (or the requested range of them); None when the object does not exist."""
+        headers = {"Range": _range_header(byte_range)} if byte_range is not None else {}
+        async with self._semaphore:
+            attempt = 0
+            while True:
+                try:
+                    async with self._client.stream("GET", self._url(key), headers=headers) as response:
+                        if response.status_code in RETRYABLE_STATUS and attempt < self._policy.max_retries:
+                            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                            attempt = await self._backoff_or_raise(key, attempt, None, retry_after)
+                            continue
+                        return await _body(key, response, byte_range)
+                except httpx.TransportError as exc:
+                    attempt = await self._backoff_or_raise(key, attempt, exc, None)
+
+    async def download(self, key: str, dest: Path) -> bool:
+        """Stream one object to `dest` (via a `.part` file, so a failure never leaves a torn copy).
+
+        Returns False when the object does not exist. A transfer broken midway
+        is started again from the first byte: the GET is idempotent.
+        """
+        part = dest.with_name(dest.name + ".part")
+        async with self._semaphore:
+            attempt = 0
+            while True:
+                try:
+                    async with self._client.stream("GET", self._url(key)) as response:
+                        if response.status_code in RETRYABLE_STATUS and attempt < self._policy.max_retries:
+                            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                            attempt = await self._backoff_or_raise(key, attempt, None, retry_after)
+                            continue
+                        if response.status_code == 404:
+                            return False
+                        if response.status_code >= 400:
+                            await response.aread()
+                            raise error_from_response(response)
+                        await asyncio.to_thread(dest.parent.mkdir, parents=True, exist_ok=True)
+                        handle = await asyncio.to_thread(part.open, "wb")
+                        try:
+                            async for piece in response.aiter_bytes(_STREAM_CHUNK):
+                                await asyncio.to_thread(handle.write, piece)
+                        finally:
+                            await asyncio.to_thread(handle.close)
+                except httpx.TransportError as exc:
+                    attempt = await self._backoff_or_raise(key, attempt, exc, None)
+                    continue
+                await asyncio.to_thread(os.replace, part, dest)
+                return True
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def _url(self, key: str) -> str:
+        return f"{self.files_url}/{key}"
+
+    async def _backoff_or_raise(
+        self, key: str, attempt: int, error: httpx.TransportError | None, retry_after: float | None
+    ) -> int:
+        """Sleep before the next attempt and return its number, or raise once retries are spent."""
+        if attempt >= self._policy.max_retries:
+            reason = type(error).__name__ if error is not None else "the server kept answering busy"
+            raise StrandConnectionError(
+                f"Result file {key} could not be fetched after {attempt + 1} attempts ({reason})"
+            ) from error
+        attempt += 1
+        await asyncio.sleep(self._policy.delay(attempt, retry_after))
+        return attempt
+
+
+def _range_header(byte_range: ByteRequest) -> str:
+    if isinstance(byte_range, RangeByteRequest):
+        return f"bytes={byte_range.start}-{max(byte_range.start, byte_range.end - 1)}"
+    if isinstance(byte_range, OffsetByteRequest):
+        return f"bytes={byte_range.offset}-"
+    return f"bytes=-{byte_range.suffix}"
+
+
+async def _body(key: str, response: httpx.Response, byte_range: ByteRequest | None) -> bytes | bytearray | None:
+    """The requested bytes from a final answer; a server that ignored `Range` (200) is sliced here."""
+    status = response.status_code
+    if status == 404:
+        return None
+    if status == 416:  # range starts past the end: zarr's contract for that is "no bytes"
+        return b""
+    if status >= 400:
+        await response.aread()
+        raise error_from_response(response)
+    data = await _read_into_one_buffer(response)
+    if byte_range is None or status == 206:
+        return data
+    if isinstance(byte_range, RangeByteRequest):
+        return data[byte_range.start : byte_range.end]
+    if isinstance(byte_range, OffsetByteRequest):
+        return data[byte_range.offset :]
+    if isinstance(byte_range, SuffixByteRequest):
+        return data[-byte_range.suffix :] if byte_range.suffix else b""
+    raise TypeError(f"unsupported byte range {byte_range!r} for {key}")
+
+
+async def _read_into_one_buffer(response: httpx.Response) -> bytes | bytearray:
+    """The body, received straight into one buffer of its announced length.
+
+    Shards run to ~16 MiB; collecting the pieces and joining them (what
+    `response.aread()` does) holds every shard twice at its peak.
+    """
+    length = response.headers.get("Content-Length")
+    if length is None or not length.isdigit() or response.headers.get("Content-Encoding"):
+        return await response.aread()
+    buffer = bytearray(int(length))
+    view = memoryview(buffer)
+    filled = 0
+    async for piece in response.aiter_raw():
+        view[filled : filled + len(piece)] = piece
+        filled += len(piece)
+    if filled != len(buffer):
+        raise httpx.RemoteProtocolError(f"body ended after {filled} of {len(buffer)} bytes")
+    return buffer
+
+
+class HttpResultsStore(Store):
+    """zarr `Store` over the result-file proxy: read-only, cannot list, absent key = fill value."""
+
+    def __init__(self, fetcher: ResultFetcher) -> None:
+        super().__init__(read_only=True)
+        self._fetcher = fetcher
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, HttpResultsStore) and other._fetcher is self._fetcher
+
+    def __hash__(self) -> int:
+        return id(self._fetcher)
+
+    def __repr__(self) -> str:
+        return f"HttpResultsStore({self._fetcher.files_url!r})"
+
+    @property
+    def supports_writes(self) -> bool:
+        return False
+
+    @property
+    def supports_deletes(self) -> bool:
+        return False
+
+    @property
+    def supports_listing(self) -> bool:
+        return False
+
+    async def get(
+        self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
+        data = await self._fetcher.get(key, byte_range)
+        return None if data is None else prototype.buffer.from_bytes(data)
+
+    async def get_partial_values(
+        self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
+    ) -> list[Buffer | None]:
+        return list(await asyncio.gather(*(self.get(key, prototype, rng) for key, rng in key_ranges)))
+
+    async def exists(self, key: str) -> bool:
+        return await self._fetcher.get(key, RangeByteRequest(0, 1)) is not None
+
+    async def set(self, key: str, value: Buffer) -> None:
+        self._check_writable()
+
+    async def delete(self, key: str) -> None:
+        self._check_writable()
+
+    def list(self) -> AsyncIterator[str]:
+        return _CannotList()
+
+    def list_prefix(self, prefix: str) -> AsyncIterator[str]:
+        return _CannotList()
+
+    def list_dir(self, prefix: str) -> AsyncIterator[str]:
+        return _CannotList()
+
+
+class _CannotList(AsyncIterator[str]):
+    """What listing yields here: an error saying why, at the first step."""
+
+    async def __anext__(self) -> str:
+        raise NotImplementedError("Strand's result-file proxy cannot list keys; read paths from the manifest")

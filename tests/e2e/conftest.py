@@ -1,0 +1,223 @@
+"""End-to-end harness: real Redis, a real Celery worker process, MockSectraServer, the fake Strand server.
+
+The webhook runs in this process (uvicorn on a real port); the worker is
+`sectra-bridge worker` in a subprocess, so a test can SIGKILL it and start a
+new one exactly as Kubernetes would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import uvicorn
+from sectra_client.mock_server import MockSectraServer
+from sectra_client.schemas import DisplayedName, ImageMetadata, Size
+from sectra_client.schemas.image import FocalPlane, OpticalPath, SlideFormat, TileFormat
+
+from strand_client.testing import FakeStrandServer
+from tests.fixtures.slides import make_svs
+from workers.runstore import RunRecord, RunStatus, RunStore
+
+APP = "strand-default"
+PHI = {"patientName": "Doe^Jane^Q", "accessionNumber": "ACC20260042"}
+LABEL_MARKER = b"LBL-MARKER-7Q2Z-LBL"
+FINAL = {RunStatus.completed, RunStatus.failed, RunStatus.cancelled}
+
+
+def slide_metadata(slide_id: str, width: int, height: int, *, stain: str = "H&E") -> ImageMetadata:
+    return ImageMetadata(
+        id=slide_id,
+        isStreamable=True,
+        imageSize=Size(width=width, height=height),
+        tileSize=Size(width=256, height=256),
+        micronsPerPixel=0.5,
+        focalPlanes=[FocalPlane(id="0", offsetUm=0.0)],
+        opticalPaths=[OpticalPath(id="0", description="Brightfield")],
+        storedTileFormat=TileFormat(mimeType="image/jpeg", extension="jpg"),
+        availableTileFormats=[TileFormat(mimeType="image/jpeg", extension="jpg")],
+        fileFormat=SlideFormat(mimeType="image/tiff"),
+        staining=DisplayedName(displayName=stain),
+        block=DisplayedName(displayName="A1"),
+        accessionNumber=PHI["accessionNumber"],
+        lisSlideId=f"LIS-{PHI['accessionNumber']}-1",
+    )
+
+
+class WorkerProcess:
+    """`sectra-bridge worker` as a child process, with its log captured for inspection."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        exe = Path(sys.executable).parent / "sectra-bridge"
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [str(exe), "worker", "--concurrency", "4"], env=self.env, stdout=log, stderr=log
+        )
+        log.close()
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@dataclass
+class Bridge:
+    sectra: MockSectraServer
+    strand: FakeStrandServer
+    webhook_url: str
+    store: RunStore
+    redis: redis.Redis
+    worker: WorkerProcess
+    work_dir: Path
+    slides_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def add_slide(self, slide_id: str, *, width: int = 1024, height: int = 768, stain: str = "H&E") -> Path:
+        path = make_svs(
+            self.slides_dir / f"{PHI['accessionNumber']}_{slide_id}.svs",
+            width=width,
+            height=height,
+            phi=PHI,
+            label_marker=LABEL_MARKER,
+        )
+        self.sectra.add_slide(slide_metadata(slide_id, width, height, stain=stain))
+        self.sectra.add_slide_files(slide_id, path)
+        return path
+
+    def invocation(
+        self, slide_id: str, token: str | None = None, *, action: str = "create"
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "action": action,
+            "applicationId": APP,
+            "slideId": slide_id,
+            "callbackInfo": {"url": self.sectra.url, "token": self.sectra.token},
+            "cancellationToken": token or str(uuid.uuid4()),
+        }
+        if action == "create":
+            body["input"] = {"type": "wholeSlide"}
+        return body
+
+    def post(self, body: dict[str, Any]) -> httpx.Response:
+        return httpx.post(f"{self.webhook_url}/sectra/{APP}", json=body, timeout=30)
+
+    def start_run(self, slide_id: str, token: str | None = None) -> RunRecord:
+        body = self.invocation(slide_id, token)
+        answer = self.post(body)
+        assert answer.status_code == 200, answer.text
+        run_id = self.store.find(APP, slide_id, body["cancellationToken"])
+        assert run_id is not None
+        return self.store.require(run_id)
+
+    def wait_for(self, run_id: str, predicate: Any, timeout: float = 60.0) -> RunRecord:
+        deadline = time.monotonic() + timeout
+        record = self.store.require(run_id)
+        while time.monotonic() < deadline:
+            record = self.store.require(run_id)
+            if predicate(record):
+                return record
+            time.sleep(0.1)
+        raise AssertionError(
+            f"run {run_id} did not reach the expected state in {timeout}s; it is {record.status}: "
+            f"{record.message or record.error}\n--- worker log tail ---\n{self.worker.logs()[-4000:]}"
+        )
+
+    def wait_final(self, run_id: str, timeout: float = 60.0) -> RunRecord:
+        return self.wait_for(run_id, lambda r: r.status in FINAL, timeout)
+
+    def results(self, slide_id: str) -> list[Any]:
+        return self.sectra.get_results(APP, slide_id)
+
+
+def _start_webhook(app: Any) -> tuple[str, uvicorn.Server]:
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "webhook did not start"
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return f"http://127.0.0.1:{port}", server
+
+
+@pytest.fixture
+def bridge(redis_url: str, tmp_path: Path) -> Iterator[Bridge]:
+    from sectra_client import mock_server
+
+    mock_server.print = lambda *a, **k: None  # type: ignore[attr-defined]
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()  # db 15 is the tests' own; a clean queue and store per end-to-end test
+    sectra = MockSectraServer()
+    sectra.run(port=0, host="127.0.0.1")
+    strand = FakeStrandServer(job_duration=1.0, progress_step=0.25, heartbeat_interval=1.0)
+    strand.start()
+    work_dir = tmp_path / "work"
+    slides_dir = tmp_path / "slides"
+    slides_dir.mkdir()
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "STRAND_API_KEY": strand.api_key,
+        "STRAND_BASE_URL": strand.url,
+        "SECTRA_ALLOWED_CALLBACK_URLS": sectra.url,
+        "SECTRA_ALLOW_HTTP": "true",
+        "BRIDGE_WORK_DIR": str(work_dir),
+        "BRIDGE_LEASE_SECONDS": "4",
+        "BRIDGE_PROGRESS_INTERVAL_SECONDS": "0.2",
+        "BRIDGE_WORKER_METRICS_PORT": "0",
+        "BRIDGE_LOG_LEVEL": "INFO",
+    }
+    saved = dict(os.environ)
+    os.environ.update(env)
+    from service.app import create_app
+    from workers import runtime
+    from workers.celery_app import celery_app
+
+    runtime.reset()
+    celery_app.conf.broker_url = redis_url
+    celery_app.pool.force_close_all()
+    webhook_url, webhook = _start_webhook(create_app())
+    worker = WorkerProcess(env, tmp_path / "worker.log")
+    worker.start()
+    store = runtime.context().store
+    try:
+        yield Bridge(sectra, strand, webhook_url, store, client, worker, work_dir, slides_dir, env)
+    finally:
+        worker.stop()
+        webhook.should_exit = True
+        strand.close()
+        sectra.stop()
+        runtime.reset()
+        os.environ.clear()
+        os.environ.update(saved)

@@ -1,0 +1,161 @@
+"""A Sectra invocation in, a Strand analysis on the slide out: the product, end to end."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import math
+
+import numpy as np
+
+from tests.e2e.conftest import APP, LABEL_MARKER, PHI, Bridge
+from workers.runstore import RunStatus
+
+
+def _truth_fraction(values: np.ndarray, threshold: float) -> float:
+    tissue = ~np.isnan(values)
+    return float(((values >= threshold) & tissue).sum() / tissue.sum())
+
+
+def test_happy_path_posts_ground_truth_figures_once_and_sends_no_phi(bridge: Bridge) -> None:
+    slide = bridge.add_slide("slide-happy")
+    record = bridge.wait_final(bridge.start_run("slide-happy").run_id)
+
+    assert record.status == RunStatus.completed, record.error
+    results = bridge.results("slide-happy")
+    assert len(results) == 1, "exactly one result per run on the slide"
+    result = results[0]
+    truth = bridge.strand.results_fixture(record.job_id).truth
+    for marker in ("CD8", "PanCK", "Ki67"):
+        expected = _truth_fraction(truth[marker], 0.5)
+        assert f"{marker} {expected * 100:.1f}%" in result.displayResult
+        stored = next(m for m in record.summary["markers"] if m["marker"] == marker)
+        assert math.isclose(stored["positive_fraction"], expected, abs_tol=1e-9)
+    assert result.data.result.type.value == "primitive"
+    assert bridge.strand.stats.uploads_completed == 1
+    assert bridge.strand.stats.submits_accepted == 1
+
+    sent = bridge.strand.upload_path(record.upload_id).read_bytes()
+    for secret in (*PHI.values(), slide.name):
+        assert secret.encode() not in sent, "identifying text reached Strand"
+    assert LABEL_MARKER not in sent and LABEL_MARKER[::-1] not in sent, "label pixels reached Strand"
+    upload = bridge.strand.uploads[record.upload_id]
+    assert upload.filename == f"{record.run_id}.svs"
+    assert not (bridge.work_dir / record.run_id).exists(), "staged slide files are removed after publishing"
+    events = [e["event"] for e in bridge.store.events(record.run_id)]
+    assert "deidentified" in events and "published" in events
+
+
+def test_ten_concurrent_duplicate_invocations_are_one_run_and_one_job(bridge: Bridge) -> None:
+    bridge.add_slide("slide-dup")
+    body = bridge.invocation("slide-dup", "retry-token-1")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=10) as pool:
+        answers = list(pool.map(lambda _: bridge.post(body), range(10)))
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    assert len({a.json()["id"] for a in answers}) == 1
+    run_id = bridge.store.find(APP, "slide-dup", "retry-token-1")
+    assert run_id is not None
+    record = bridge.wait_final(run_id)
+    assert record.status == RunStatus.completed, record.error
+    assert bridge.strand.stats.submits_accepted == 1
+    assert bridge.strand.stats.uploads_completed == 1
+    assert len(bridge.results("slide-dup")) == 1
+
+
+def test_insufficient_credits_fails_in_plain_words_without_a_job(bridge: Bridge) -> None:
+    bridge.add_slide("slide-poor")
+    bridge.strand.balance = 0
+    record = bridge.wait_final(bridge.start_run("slide-poor").run_id)
+    assert record.status == RunStatus.failed
+    (result,) = bridge.results("slide-poor")
+    assert "Not enough Strand credits" in result.displayResult
+    assert "0 available" in result.displayResult
+    assert bridge.strand.stats.submits_accepted == 0
+
+
+def test_failed_strand_job_reaches_the_pathologist(bridge: Bridge) -> None:
+    bridge.add_slide("slide-fail")
+    bridge.strand.fail_next_job("Inference failed: tissue not detected")
+    record = bridge.wait_final(bridge.start_run("slide-fail").run_id)
+    assert record.status == RunStatus.failed
+    (result,) = bridge.results("slide-fail")
+    assert "tissue not detected" in result.displayResult
+    assert bridge.strand.stats.submits_accepted == 1
+
+
+def test_strand_429_and_5xx_bursts_are_retried_without_a_second_job(bridge: Bridge) -> None:
+    bridge.add_slide("slide-flaky")
+    bridge.strand.reject_next_submits(2, status=429, retry_after=1)
+    bridge.strand.fail_next_puts(3, status=503)
+    record = bridge.wait_final(bridge.start_run("slide-flaky").run_id, timeout=90)
+    assert record.status == RunStatus.completed, record.error
+    assert bridge.strand.stats.submits_accepted == 1
+    assert bridge.strand.stats.submits_rejected == 2
+    assert bridge.strand.stats.uploads_completed == 1
+
+
+def test_cancel_while_waiting_cancels_the_strand_job_and_says_credits_were_refunded(bridge: Bridge) -> None:
+    bridge.add_slide("slide-cancel")
+    bridge.strand.options.job_duration = None  # jobs stay queued until the test moves them
+    token = "cancel-token-1"
+    run_id = bridge.start_run("slide-cancel", token).run_id
+    waiting = bridge.wait_for(run_id, lambda r: r.status == RunStatus.waiting)
+    balance_before = bridge.strand.balance - bridge.strand.pending
+
+    answer = bridge.post(bridge.invocation("slide-cancel", token, action="cancel"))
+    assert answer.status_code == 200
+    record = bridge.wait_final(run_id)
+
+    assert record.status == RunStatus.cancelled
+    assert bridge.strand.stats.cancels == 1
+    assert bridge.strand.jobs[waiting.job_id].status == "cancelled"
+    assert bridge.strand.balance - bridge.strand.pending == balance_before + (waiting.reserved_credits or 0)
+    (result,) = bridge.results("slide-cancel")
+    assert result.displayResult.startswith("Cancelled")
+    assert f"{waiting.reserved_credits} reserved credits refunded" in result.displayResult
+
+
+def test_callback_url_outside_the_allow_list_is_refused_before_any_request(bridge: Bridge) -> None:
+    body = bridge.invocation("slide-evil")
+    body["callbackInfo"]["url"] = "http://127.0.0.1:9/evil"
+    answer = bridge.post(body)
+    assert answer.status_code == 403
+    assert answer.json()["error"]
+    assert bridge.store.list_runs(limit=10) == []
+    assert bridge.strand.stats.upload_sessions_opened == 0
+    assert bridge.results("slide-evil") == []
+
+
+def test_worker_killed_mid_wait_finishes_the_run_exactly_once(bridge: Bridge) -> None:
+    bridge.add_slide("slide-kill-wait")
+    bridge.strand.options.job_duration = None
+    run_id = bridge.start_run("slide-kill-wait").run_id
+    waiting = bridge.wait_for(run_id, lambda r: r.status == RunStatus.waiting and r.job_id is not None)
+
+    bridge.worker.kill()
+    bridge.strand.advance(waiting.job_id, "completed", 1.0)
+    bridge.worker.start()
+
+    record = bridge.wait_final(run_id, timeout=90)
+    assert record.status == RunStatus.completed, record.error
+    assert bridge.strand.stats.submits_accepted == 1
+    assert bridge.strand.stats.uploads_completed == 1
+    assert len(bridge.results("slide-kill-wait")) == 1
+
+
+def test_worker_killed_mid_upload_resumes_the_same_session(bridge: Bridge) -> None:
+    slide = bridge.add_slide("slide-kill-upload", width=4096, height=3072)
+    bridge.strand.latency = 0.4  # every request is slow, so the test can catch the upload mid-way
+    run_id = bridge.start_run("slide-kill-upload").run_id
+    bridge.wait_for(run_id, lambda r: r.status == RunStatus.uploading and r.upload_offset > 0, timeout=90)
+
+    bridge.worker.kill()
+    bridge.strand.latency = 0.0
+    bridge.worker.start()
+
+    record = bridge.wait_final(run_id, timeout=120)
+    assert record.status == RunStatus.completed, record.error
+    assert bridge.strand.stats.upload_sessions_opened == 1, "the persisted session was resumed"
+    assert bridge.strand.stats.uploads_completed == 1
+    assert bridge.strand.stats.submits_accepted == 1
+    assert bridge.strand.stats.bytes_received < 2 * slide.stat().st_size
+    assert len(bridge.results("slide-kill-upload")) == 1

@@ -1,0 +1,198 @@
+"""Byte-level TIFF surgery: where IFDs and their pointers live, and a guarded plan of in-place writes.
+
+tifffile locates pages and tags but does not unlink IFDs or zero strips, so the
+few writes that de-identification needs are done here. Every write goes through
+an `EditPlan` that refuses to touch the bytes of the pages we keep: the tissue
+pyramid stays byte-identical by construction, not by hope. Edits are applied in
+phases (image bytes zeroed before an IFD is unlinked) so that a process dying
+half-way never leaves a label that is unlinked yet still readable; a re-run on
+the same file finds and finishes what is left.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+import numpy as np
+import tifffile
+
+ASCII, BYTE, UNDEFINED, SBYTE = 2, 1, 7, 6
+_ZERO_BLOCK = 1 << 20
+
+
+class Source(Protocol):
+    """What reading needs: a real file or tifffile's FileHandle alike."""
+
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def tell(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The shape of IFDs in one file: classic TIFF, BigTIFF or NDPI's 64-bit-offset variant."""
+
+    byteorder: str
+    header_pointer_at: int
+    pointer_format: str
+    count_format: str
+    entry_size: int
+    ndpi: bool
+
+    @classmethod
+    def of(cls, tif: tifffile.TiffFile) -> Layout:
+        fmt = tif.tiff
+        return cls(
+            byteorder=fmt.byteorder,
+            header_pointer_at=4 if fmt.version == 42 else 8,
+            pointer_format=fmt.offsetformat,
+            count_format=fmt.tagnoformat,
+            entry_size=fmt.tagsize,
+            ndpi=fmt.is_ndpi,
+        )
+
+    @property
+    def pointer_size(self) -> int:
+        return struct.calcsize(self.pointer_format)
+
+    @property
+    def count_size(self) -> int:
+        return struct.calcsize(self.count_format)
+
+    def entry_count(self, fh: Source, ifd_offset: int) -> int:
+        fh.seek(ifd_offset)
+        return int(struct.unpack(self.count_format, fh.read(self.count_size))[0])
+
+    def next_pointer_at(self, fh: Source, ifd_offset: int) -> int:
+        return ifd_offset + self.count_size + self.entry_count(fh, ifd_offset) * self.entry_size
+
+    def ifd_span(self, fh: Source, ifd_offset: int) -> tuple[int, int]:
+        """[start, end) of the IFD block, including NDPI's trailing high-offset bytes."""
+        count = self.entry_count(fh, ifd_offset)
+        end = ifd_offset + self.count_size + count * self.entry_size + self.pointer_size
+        if self.ndpi:
+            end += 4 * count
+        return ifd_offset, end
+
+    def read_pointer(self, fh: Source, at: int) -> int:
+        fh.seek(at)
+        return int(struct.unpack(self.pointer_format, fh.read(self.pointer_size))[0])
+
+    def pack_pointer(self, value: int) -> bytes:
+        return struct.pack(self.pointer_format, value)
+
+
+class Intervals:
+    """A static set of byte ranges that answers 'does [start, end) touch any of them?' in O(log n)."""
+
+    def __init__(self, starts: np.ndarray, ends: np.ndarray) -> None:
+        keep = ends > starts
+        order = np.argsort(starts[keep], kind="stable")
+        self._starts = starts[keep][order].astype(np.int64)
+        self._ends = ends[keep][order].astype(np.int64)
+        self._max_end = np.maximum.accumulate(self._ends) if len(self._ends) else self._ends
+
+    @classmethod
+    def of(cls, ranges: Iterable[tuple[int, int]]) -> Intervals:
+        pairs = np.array(list(ranges), dtype=np.int64).reshape(-1, 2)
+        return cls(pairs[:, 0], pairs[:, 1])
+
+    def overlaps(self, start: int, end: int) -> bool:
+        if end <= start or not len(self._starts):
+            return False
+        below = int(np.searchsorted(self._starts, end, side="left"))
+        return below > 0 and int(self._max_end[below - 1]) > start
+
+    def union(self, other: Intervals) -> Intervals:
+        return Intervals(
+            np.concatenate([self._starts, other._starts]), np.concatenate([self._ends, other._ends])
+        )
+
+
+class GuardViolation(RuntimeError):
+    """A planned write would have changed bytes of a page we keep: a bug, never a slide property."""
+
+
+@dataclass
+class EditPlan:
+    """Writes to apply in phases; each is checked against the ranges it must never touch."""
+
+    pixels: Intervals
+    phases: dict[int, list[tuple[int, bytes | int]]] = field(default_factory=dict)
+
+    ZERO_IMAGES, TEXT, RELINK, ORPHANS = 0, 1, 2, 3
+
+    def write(self, phase: int, offset: int, data: bytes) -> None:
+        self._check(offset, offset + len(data))
+        self.phases.setdefault(phase, []).append((offset, data))
+
+    def zero(self, phase: int, offset: int, length: int) -> None:
+        self._check(offset, offset + length)
+        self.phases.setdefault(phase, []).append((offset, length))
+
+    def _check(self, start: int, end: int) -> None:
+        if self.pixels.overlaps(start, end):
+            raise GuardViolation(f"planned write [{start}, {end}) overlaps kept image data")
+
+    def apply(self, path: Path) -> None:
+        """No fsync: ordering protects against a crashed process; after a power loss the stage starts over."""
+        with path.open("r+b") as fh:
+            for phase in sorted(self.phases):
+                for offset, payload in self.phases[phase]:
+                    fh.seek(offset)
+                    if isinstance(payload, int):
+                        _write_zeros(fh, payload)
+                    else:
+                        fh.write(payload)
+            fh.flush()
+
+
+def _write_zeros(fh: BinaryIO, length: int) -> None:
+    block = bytes(min(length, _ZERO_BLOCK))
+    while length > 0:
+        step = min(length, len(block))
+        fh.write(block[:step])
+        length -= step
+
+
+def read_bytes(fh: Source, offset: int, length: int) -> bytes:
+    fh.seek(offset)
+    return fh.read(length)
+
+
+def iter_subpages(tif: tifffile.TiffFile, page: tifffile.TiffPage) -> Iterator[tifffile.TiffPage]:
+    """The page and every page hanging below it through SubIFDs (pyramids written as sub-IFDs)."""
+    yield page
+    for number, offset in enumerate(page.subifds or ()):
+        if not offset:
+            continue
+        tif.filehandle.seek(offset)
+        child = tifffile.TiffPage(tif, index=(*page.treeindex, number))
+        yield from iter_subpages(tif, child)
+
+
+def data_ranges(page: tifffile.TiffPage) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets and byte counts of a page's strips or tiles, straight from its tags."""
+    for offsets_code, counts_code in ((324, 325), (273, 279)):
+        offsets = page.tags.valueof(offsets_code)
+        counts = page.tags.valueof(counts_code)
+        if offsets is not None and counts is not None:
+            return (
+                np.atleast_1d(np.asarray(offsets, dtype=np.int64)),
+                np.atleast_1d(np.asarray(counts, dtype=np.int64)),
+            )
+    return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+
+
+def value_range(tag: tifffile.TiffTag, ifd: tuple[int, int]) -> tuple[int, int] | None:
+    """Where a tag's value lives when it is stored outside its IFD entry; None when inline."""
+    start = int(tag.valueoffset)
+    if ifd[0] <= start < ifd[1]:
+        return None
+    return start, start + int(tag.valuebytecount)

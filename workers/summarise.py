@@ -1,0 +1,328 @@
+"""Reduce each Strand marker map to the figures a pathologist sees, streaming it block by block.
+
+A whole-slide marker map can be 20000 x 20000 float32 (1.5 GiB); the official
+SDK decodes it whole. Here each block is folded into fixed-size accumulators
+(counts, a value histogram, a coarse grid of positive counts for hotspots) and
+dropped, so memory depends on the block size, never on the map.
+
+Definitions (the results contract in DESIGN.md):
+- tissue: the `tissue` node's non-zero pixels when the store has one, and for
+  float maps only non-NaN pixels; with neither, every pixel;
+- values are normalised to [0, 1] (integers divided by their dtype's maximum);
+  a pixel is positive when its normalised value >= `threshold`, compared
+  exactly as float64 would;
+- percentiles follow the inverted-CDF (nearest-rank) definition. Integer maps
+  of up to 16 bits are counted per stored value, so they are exact; float maps
+  use 65536 equal bins over [0, 1] and report a bin's centre, so each
+  percentile is within 2**-17 (about 7.6e-6) of the exact value;
+- hotspots are windows of `hotspot_window_um` (in slide microns) ranked by
+  positive pixels per window area, sliding in quarter-window steps,
+  non-overlapping, reported as level-0 slide-pixel boxes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from sectra_adapter.summary import Hotspot, MarkerSummary
+from strand_client.results import JobResults, MapBlock, MarkerMap, ResultsError
+
+_FLOAT_BINS = 65536
+_HOTSPOT_STEPS = 4  # windows slide by a quarter of their side
+_MAX_GRID_SIDE = 4096  # hotspot grid cells per axis, whatever the window: keeps the grid small
+_PERCENTILES = (50, 90, 99)
+_STRIP_ROWS = 256  # rows of a block folded in at once
+
+
+@dataclass(frozen=True, slots=True)
+class _Geometry:
+    """How map pixels relate to the slide: slide pixels per map pixel, and map pixel size in microns."""
+
+    scale_y: float
+    scale_x: float
+    pixel_um_y: float  # NaN when neither the slide nor the store says how big a pixel is
+    pixel_um_x: float
+
+
+def summarise_marker(
+    marker_map: MarkerMap,
+    *,
+    threshold: float,
+    slide_width: int,
+    slide_height: int,
+    microns_per_pixel: float,
+    root_microns_per_pixel: float | None = None,
+    top_hotspots: int = 5,
+    hotspot_window_um: float = 500.0,
+) -> MarkerSummary:
+    """One marker's summary over tissue, reading the map once, block by block.
+
+    Map pixel size comes from the map's `coordinateTransformations` scale, else
+    the store's root `strand.micronsPerPixel` (`root_microns_per_pixel`, which
+    describes level 0), else slide size / map size; `microns_per_pixel` is the
+    slide's. When no source gives a pixel size in microns (slide µm/px unknown
+    and passed as 0), the two areas are NaN and everything else still holds.
+    Raises `ResultsError` naming the marker when the map cannot be read or has
+    no tissue at all.
+    """
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be within [0, 1], not {threshold}")
+    geometry = _geometry(marker_map, slide_width, slide_height, microns_per_pixel, root_microns_per_pixel)
+    stats = _Accumulator(marker_map, threshold, geometry, hotspot_window_um)
+    for block in marker_map.blocks():
+        stats.add(block)
+    return stats.summary(top_hotspots, slide_width, slide_height)
+
+
+def summarise_job(
+    results: JobResults,
+    markers: Sequence[str],
+    *,
+    threshold: float,
+    slide_width: int,
+    slide_height: int,
+    microns_per_pixel: float,
+    root_microns_per_pixel: float | None = None,
+    top_hotspots: int = 5,
+    hotspot_window_um: float = 500.0,
+    level: int = 0,
+) -> tuple[list[MarkerSummary], dict[str, str]]:
+    """Summaries of the markers that can be read, and `{marker: reason}` in plain words for the rest.
+
+    Only problems with the results themselves (absent, malformed, undecodable)
+    make a marker "missing"; connection and server errors propagate so the
+    caller's retry machinery can try the whole step again.
+    """
+    if root_microns_per_pixel is None:
+        root_microns_per_pixel = results.microns_per_pixel()
+    summaries: list[MarkerSummary] = []
+    missing: dict[str, str] = {}
+    for marker in markers:
+        try:
+            summaries.append(
+                summarise_marker(
+                    results.open_marker(marker, level),
+                    threshold=threshold,
+                    slide_width=slide_width,
+                    slide_height=slide_height,
+                    microns_per_pixel=microns_per_pixel,
+                    root_microns_per_pixel=root_microns_per_pixel,
+                    top_hotspots=top_hotspots,
+                    hotspot_window_um=hotspot_window_um,
+                )
+            )
+        except ResultsError as exc:
+            missing[marker] = exc.message
+    return summaries, missing
+
+
+def _geometry(
+    marker_map: MarkerMap,
+    slide_width: int,
+    slide_height: int,
+    slide_mpp: float,
+    root_mpp: float | None,
+) -> _Geometry:
+    known_slide_mpp = slide_mpp > 0 and math.isfinite(slide_mpp)
+    if marker_map.scale_to_slide is not None:
+        scale_y = scale_x = marker_map.scale_to_slide
+    elif root_mpp is not None and known_slide_mpp:
+        scale_y = scale_x = root_mpp * marker_map.downsample / slide_mpp
+    elif slide_width > 0 and slide_height > 0:
+        scale_y, scale_x = slide_height / marker_map.height, slide_width / marker_map.width
+    else:
+        scale_y = scale_x = 1.0  # nothing relates the map to the slide: boxes stay in map pixels
+    if known_slide_mpp:
+        um_y, um_x = slide_mpp * scale_y, slide_mpp * scale_x
+    elif root_mpp is not None and marker_map.scale_to_slide is None:
+        um_y = um_x = root_mpp * marker_map.downsample
+    else:
+        um_y = um_x = math.nan
+    return _Geometry(scale_y, scale_x, um_y, um_x)
+
+
+class _Accumulator:
+    """Everything the summary needs, folded in one block at a time; size independent of the map."""
+
+    def __init__(self, marker_map: MarkerMap, threshold: float, geometry: _Geometry, window_um: float) -> None:
+        self.map = marker_map
+        self.geometry = geometry
+        dtype = marker_map.dtype
+        self.exact_counts = dtype.kind in "uib" and dtype.itemsize <= 2
+        if self.exact_counts:
+            self.bins = int(marker_map.value_max) + 1
+            self.cutoff: float = _integer_cutoff(threshold, marker_map.value_max)
+        else:
+            self.bins = _FLOAT_BINS
+            self.cutoff = _float_cutoff(threshold, dtype if dtype.kind == "f" else np.dtype(np.float64))
+        self.histogram = np.zeros(self.bins, dtype=np.int64)
+        self.value_sum = 0.0
+        self.tissue_px = 0
+        self.positive_px = 0
+        self.cell_h, self.window_cells_y = _cells(window_um, geometry.pixel_um_y, geometry.scale_y,
+                                                  marker_map.height)
+        self.cell_w, self.window_cells_x = _cells(window_um, geometry.pixel_um_x, geometry.scale_x,
+                                                  marker_map.width)
+        grid_shape = (-(-marker_map.height // self.cell_h), -(-marker_map.width // self.cell_w))
+        self.positive_grid = np.zeros(grid_shape, dtype=np.int64)
+        self.tissue_grid = np.zeros(grid_shape, dtype=np.int64)
+
+    def add(self, block: MapBlock) -> None:
+        """Fold one block in, a strip of rows at a time so the temporaries stay a few MiB."""
+        for r0 in range(0, block.values.shape[0], _STRIP_ROWS):
+            r1 = r0 + _STRIP_ROWS
+            self._add(block.values[r0:r1], None if block.tissue is None else block.tissue[r0:r1],
+                      block.y0 + r0, block.x0)
+
+    def _add(self, values: np.ndarray, node: np.ndarray | None, y0: int, x0: int) -> None:
+        if not self.exact_counts and values.dtype.kind != "f":
+            values = values.astype(np.float64) / self.map.value_max
+        if values.dtype.kind == "f":
+            tissue = ~np.isnan(values)
+            if node is not None:
+                tissue &= node
+            positive = values >= self.cutoff
+            positive &= tissue  # NaN already compares False; this drops pixels outside a tissue node
+            in_tissue = values[tissue]
+            self.value_sum += float(in_tissue.sum(dtype=np.float64))
+            bins = np.clip(in_tissue, 0.0, 1.0, out=in_tissue)
+            bins *= _FLOAT_BINS
+            indexes = bins.astype(np.intp)
+            np.minimum(indexes, _FLOAT_BINS - 1, out=indexes)
+        else:
+            tissue = node if node is not None else np.ones(values.shape, dtype=bool)
+            positive = values >= self.cutoff if self.cutoff <= self.map.value_max else np.zeros_like(tissue)
+            if node is not None:
+                positive &= tissue
+                indexes = values[tissue]
+            else:
+                indexes = values.ravel()
+            if values.dtype.kind == "i":
+                indexes = np.maximum(indexes, 0)
+        self.histogram += np.bincount(indexes, minlength=self.bins)[: self.bins]
+        self.tissue_px += int(np.count_nonzero(tissue))
+        self.positive_px += int(np.count_nonzero(positive))
+        self._grid_add(self.positive_grid, positive, y0, x0)
+        self._grid_add(self.tissue_grid, tissue, y0, x0)
+
+    def _grid_add(self, grid: np.ndarray, mask: np.ndarray, y0: int, x0: int) -> None:
+        """Add a block's per-cell counts of `mask` into the map-wide grid (blocks need not align to cells)."""
+        row_cuts = _cuts(y0, mask.shape[0], self.cell_h)
+        col_cuts = _cuts(x0, mask.shape[1], self.cell_w)
+        per_row = np.add.reduceat(mask, row_cuts, axis=0, dtype=np.int64)
+        counts = np.add.reduceat(per_row, col_cuts, axis=1)
+        first_row, first_col = y0 // self.cell_h, x0 // self.cell_w
+        grid[first_row : first_row + counts.shape[0], first_col : first_col + counts.shape[1]] += counts
+
+    def summary(self, top: int, slide_width: int, slide_height: int) -> MarkerSummary:
+        name = self.map.name
+        if self.tissue_px == 0:
+            raise ResultsError(f"Marker {name}: the map has no tissue pixels to summarise", marker=name)
+        pixel_mm2 = self.geometry.pixel_um_y * self.geometry.pixel_um_x / 1e6
+        if self.exact_counts:
+            levels = np.arange(self.bins, dtype=np.float64)
+            mean = float(self.histogram @ levels) / self.tissue_px / self.map.value_max
+            centres = levels / self.map.value_max
+        else:
+            mean = self.value_sum / self.tissue_px
+            centres = (np.arange(self.bins, dtype=np.float64) + 0.5) / self.bins
+        cumulative = np.cumsum(self.histogram)
+        p50, p90, p99 = (
+            float(centres[int(np.searchsorted(cumulative, -(-q * self.tissue_px // 100)))]) for q in _PERCENTILES
+        )
+        return MarkerSummary(
+            marker=name,
+            positive_fraction=self.positive_px / self.tissue_px,
+            positive_area_mm2=self.positive_px * pixel_mm2,
+            tissue_area_mm2=self.tissue_px * pixel_mm2,
+            mean=mean,
+            p50=p50,
+            p90=p90,
+            p99=p99,
+            hotspots=self._hotspots(top, slide_width, slide_height),
+        )
+
+    def _hotspots(self, top: int, slide_width: int, slide_height: int) -> list[Hotspot]:
+        """Greedy pick of the densest windows on the cell grid, none overlapping an earlier pick."""
+        cells_y, cells_x = self.positive_grid.shape
+        win_y, win_x = min(self.window_cells_y, cells_y), min(self.window_cells_x, cells_x)
+        positive = _window_sums(self.positive_grid, win_y, win_x)
+        tissue = _window_sums(self.tissue_grid, win_y, win_x)
+        row_px = _window_extent(self.map.height, self.cell_h, cells_y, win_y)
+        col_px = _window_extent(self.map.width, self.cell_w, cells_x, win_x)
+        density = positive / np.outer(row_px, col_px)
+        density[positive == 0] = -1.0
+        found: list[Hotspot] = []
+        for _ in range(top):
+            i, j = np.unravel_index(int(np.argmax(density)), density.shape)
+            if density[i, j] < 0:
+                break
+            y0, x0 = int(i) * self.cell_h, int(j) * self.cell_w
+            found.append(self._box(y0, x0, int(row_px[i]), int(col_px[j]),
+                                   int(positive[i, j]) / int(tissue[i, j]), slide_width, slide_height))
+            density[max(0, i - win_y + 1) : i + win_y, max(0, j - win_x + 1) : j + win_x] = -1.0
+        return found
+
+    def _box(self, y0: int, x0: int, rows: int, cols: int, fraction: float,
+             slide_width: int, slide_height: int) -> Hotspot:
+        sy, sx = self.geometry.scale_y, self.geometry.scale_x
+        left, top = round(x0 * sx), round(y0 * sy)
+        right, bottom = round((x0 + cols) * sx), round((y0 + rows) * sy)
+        if slide_width > 0:
+            left, right = min(left, slide_width), min(right, slide_width)
+        if slide_height > 0:
+            top, bottom = min(top, slide_height), min(bottom, slide_height)
+        return Hotspot(x=left, y=top, width=right - left, height=bottom - top, positive_fraction=fraction)
+
+
+def _integer_cutoff(threshold: float, value_max: float) -> int:
+    """Smallest stored integer whose value / max is >= threshold, decided exactly as float64 would."""
+    cutoff = max(0, math.ceil(threshold * value_max))
+    while cutoff > 0 and (cutoff - 1) / value_max >= threshold:
+        cutoff -= 1
+    while cutoff <= value_max and cutoff / value_max < threshold:
+        cutoff += 1
+    return cutoff
+
+
+def _float_cutoff(threshold: float, dtype: np.dtype[np.floating]) -> float:
+    """The smallest value of `dtype` that is >= threshold, so comparing in `dtype` matches float64 exactly."""
+    cutoff = dtype.type(threshold)
+    if float(cutoff) < threshold:
+        cutoff = np.nextafter(cutoff, dtype.type(np.inf))
+    return float(cutoff)
+
+
+def _cells(window_um: float, pixel_um: float, scale: float, extent: int) -> tuple[int, int]:
+    """Grid cell side (map pixels) and cells per window side for one axis.
+
+    Without a pixel size in microns the window is sized in slide pixels at
+    0.25 µm/px, a typical 40x scan, so hotspots still have a sensible size.
+    """
+    size_um = pixel_um if math.isfinite(pixel_um) else 0.25 * scale
+    window_px = max(1.0, window_um / size_um)
+    cell = max(1, round(window_px / _HOTSPOT_STEPS), -(-extent // _MAX_GRID_SIDE))
+    return cell, max(1, round(window_px / cell))
+
+
+def _cuts(start: int, length: int, cell: int) -> np.ndarray:
+    """Offsets within a block where a new grid cell begins (always including 0)."""
+    first_boundary = (start // cell + 1) * cell
+    return np.concatenate(([0], np.arange(first_boundary, start + length, cell) - start)).astype(np.intp)
+
+
+def _window_sums(grid: np.ndarray, win_y: int, win_x: int) -> np.ndarray:
+    """Sum of every win_y x win_x block of cells, via a summed-area table."""
+    table = np.zeros((grid.shape[0] + 1, grid.shape[1] + 1), dtype=np.int64)
+    np.cumsum(np.cumsum(grid, axis=0), axis=1, out=table[1:, 1:])
+    return table[win_y:, win_x:] - table[:-win_y, win_x:] - table[win_y:, :-win_x] + table[:-win_y, :-win_x]
+
+
+def _window_extent(extent: int, cell: int, cells: int, win: int) -> np.ndarray:
+    """Pixels each window covers along one axis (the last cells may be cut short by the map edge)."""
+    starts = np.arange(cells - win + 1) * cell
+    return np.minimum(starts + win * cell, extent) - starts
