@@ -77,8 +77,11 @@ def child(mode: str, url: str, size: int) -> None:
             summary = summarise_marker(
                 marker_map, threshold=THRESHOLD, slide_width=size, slide_height=size, microns_per_pixel=MPP
             )
-            detail = {"positive_fraction": summary.positive_fraction, "p50": summary.p50,
-                      "hotspots": len(summary.hotspots)}
+            detail = {
+                "positive_fraction": summary.positive_fraction,
+                "p50": summary.p50,
+                "hotspots": len(summary.hotspots),
+            }
         wall = time.perf_counter() - start
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"wall": wall, "rss": rss, **detail}))
@@ -125,7 +128,9 @@ def official_python(workdir: Path) -> Path | None:
     subprocess.run([str(base), "-m", "venv", str(venv)], check=True)
     install = subprocess.run(
         [str(python), "-m", "pip", "install", "-q", "strand-sdk==0.17.0", "zstandard", "numpy"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if install.returncode != 0:
         print(f"official SDK column skipped: pip install failed: {install.stderr.strip()[-400:]}")
@@ -139,9 +144,13 @@ def mib(n: float) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", type=int, default=20000)
-    parser.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "bench-summarise")
+    parser.add_argument(
+        "--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "bench-summarise"
+    )
     parser.add_argument("--no-official", action="store_true")
     parser.add_argument("--child", choices=["decode", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -164,7 +173,9 @@ def main() -> None:
             for size in (args.size, *(s for s in OFFICIAL_FALLBACK_SIZES if s < args.size)):
                 with serve_app(results_files_app(ensure_map(args.workdir, size), api_key=API_KEY)) as sdk_url:
                     print(f"running official to_array on {size}x{size} ...", flush=True)
-                    rows["official"] = run_child([str(python), "-c", _OFFICIAL_CHILD, sdk_url, API_KEY, JOB_ID, MARKER])
+                    rows["official"] = run_child(
+                        [str(python), "-c", _OFFICIAL_CHILD, sdk_url, API_KEY, JOB_ID, MARKER]
+                    )
                 if rows["official"] is not None:
                     official_size = size
                     break
@@ -184,7 +195,11 @@ def main() -> None:
         print(f"\nthroughput ours / decode-only: {ratio:.2f} (target >= 0.4)")
         print(f"peak RSS ours: {mib(ours['rss'])} (target < 256 MiB)")
     if ours and official and official_size:
-        note = "" if official_size == args.size else f" (official read a {official_size}^2 map; ours {args.size}^2)"
+        note = (
+            ""
+            if official_size == args.size
+            else f" (official read a {official_size}^2 map; ours {args.size}^2)"
+        )
         print(f"peak RSS ours / official: {ours['rss'] / official['rss']:.3f} (target <= 0.1){note}")
 
 

@@ -59,8 +59,8 @@ class MultipartParser:
             if state is _State.BODY or state is _State.PREAMBLE:
                 found = data.find(self._delimiter, pos)
                 if found < 0:
-                    # Keep just enough to recognise a delimiter split across chunks.
-                    keep_from = max(pos, end - len(self._delimiter) + 1)
+                    # Carry over only a tail that could begin a delimiter split across chunks.
+                    keep_from = self._partial_delimiter_start(data, pos)
                     if state is _State.BODY and keep_from > pos:
                         self._sink.write(view[pos:keep_from])
                     self._tail = data[keep_from:]
@@ -116,6 +116,20 @@ class MultipartParser:
         raise DownloadError(
             f"missing final multipart boundary: the body ended inside part {self.parts}", transient=True
         )
+
+    def _partial_delimiter_start(self, data: bytes, pos: int) -> int:
+        """Where a suffix of `data[pos:]` that is a proper prefix of the delimiter starts (else its end).
+
+        Usually no such suffix exists and nothing is carried over, which spares
+        copying the next chunk onto a tail.
+        """
+        end = len(data)
+        start = data.rfind(b"\r", max(pos, end - len(self._delimiter) + 1))
+        while start >= 0:
+            if self._delimiter.startswith(data[start:]):
+                return start
+            start = data.rfind(b"\r", max(pos, end - len(self._delimiter) + 1), start)
+        return end
 
     def _close_part(self) -> None:
         if self._in_part:

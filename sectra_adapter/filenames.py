@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import unicodedata
 from email.message import Message
+from email.utils import collapse_rfc2231_value
 
 from sectra_adapter.errors import DownloadError
 
@@ -20,16 +21,18 @@ _FORBIDDEN = set('<>:"|?*')
 
 
 def filename_from_disposition(value: str | None) -> str | None:
-    """The filename in a `Content-Disposition` header (RFC 6266/5987 `filename*` preferred), or None.
+    """The filename in a `Content-Disposition` header, or None.
 
-    The standard library's MIME parser does the quoting and charset work; we never
-    hand-parse quoted strings.
+    RFC 6266: an RFC 5987 `filename*` wins over a plain `filename`. The standard
+    library's MIME parser does the quoting and charset work; nothing is hand-parsed.
     """
     if not value:
         return None
     message = Message()
     message["content-disposition"] = value
-    name = message.get_filename()
+    candidates = [v for k, v in message.get_params([], header="content-disposition") if k.lower() == "filename"]
+    candidates.sort(key=lambda v: not isinstance(v, tuple))  # encoded (filename*) values first
+    name = collapse_rfc2231_value(candidates[0]) if candidates else ""
     return name or None
 
 

@@ -12,6 +12,7 @@ from typing import TypeAlias
 
 from fastapi import Request
 from pydantic import TypeAdapter, ValidationError
+from starlette.requests import ClientDisconnect
 from sectra_client.schemas import (
     Action,
     CancelInvocation,
@@ -55,11 +56,15 @@ async def read_json_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes
         raise too_large
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # Nobody is left to read the answer; a 4xx keeps it out of the error log.
+        raise ApiError(400, "client_disconnected", "the client closed the connection mid-body") from None
     return b"".join(chunks)
 
 

@@ -147,7 +147,9 @@ def _range_header(byte_range: ByteRequest) -> str:
     return f"bytes=-{byte_range.suffix}"
 
 
-async def _body(key: str, response: httpx.Response, byte_range: ByteRequest | None) -> bytes | bytearray | None:
+async def _body(
+    key: str, response: httpx.Response, byte_range: ByteRequest | None
+) -> bytes | bytearray | None:
     """The requested bytes from a final answer; a server that ignored `Range` (200) is sliced here."""
     status = response.status_code
     if status == 404:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import itertools
 import json
 import os
 import types
@@ -42,7 +43,7 @@ from strand_client.errors import StrandError
 
 HE_NAME = "H&E"
 TISSUE_NAME = "tissue"
-_BLOCK_BYTES = 16 << 20  # aim for blocks this size: big enough to amortise a request, small enough to stream
+BLOCK_BYTES = 16 << 20  # aim for blocks this size: big enough to amortise a request, small enough to stream
 _IN_FLIGHT_BYTES = 16 << 20  # decoded blocks being fetched ahead by `MarkerMap.blocks`
 
 
@@ -121,14 +122,15 @@ class MarkerMap:
             return None
         return self._read(self.tissue, y0, y1, x0, x1) != 0
 
-    def block_windows(self) -> list[tuple[int, int, int, int]]:
+    def block_windows(self, block_bytes: int = BLOCK_BYTES) -> list[tuple[int, int, int, int]]:
         """(y0, y1, x0, x1) windows covering the map row by row, aligned to whole storage objects.
 
-        Alignment matters: a window that cuts a shard makes zarr fetch its index
-        and then each inner chunk by a separate range request.
+        Each is about `block_bytes` decoded, but never less than one storage
+        object: a window that cuts a shard makes zarr fetch its index and then
+        each inner chunk by a separate range request.
         """
         obj_h, obj_w = self.storage_block
-        target = max(1, int((_BLOCK_BYTES / self.dtype.itemsize) ** 0.5))
+        target = max(1, int((block_bytes / self.dtype.itemsize) ** 0.5))
         block_h = obj_h * max(1, target // obj_h)
         block_w = obj_w * max(1, target // obj_w)
         return [
@@ -137,15 +139,15 @@ class MarkerMap:
             for x0 in range(0, self.width, block_w)
         ]
 
-    def blocks(self, *, in_flight: int | None = None) -> Iterator[MapBlock]:
+    def blocks(self, *, block_bytes: int = BLOCK_BYTES, in_flight: int | None = None) -> Iterator[MapBlock]:
         """Every block in `block_windows` order, fetched ahead by a few threads.
 
         At most `in_flight` blocks (default: as many as fit in 16 MiB, 1 to 4) are
-        being fetched or waiting while the caller works on the current one, so
-        network, decompression and the caller's arithmetic overlap without
-        memory growing with the map.
+        being fetched while the caller works on the current one, so network,
+        decompression and the caller's arithmetic overlap without memory
+        growing with the map.
         """
-        windows = self.block_windows()
+        windows = self.block_windows(block_bytes)
         if not windows:
             return
         if in_flight is None:
@@ -156,15 +158,13 @@ class MarkerMap:
         todo = iter(windows)
         with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix=f"read-{self.name}") as pool:
             try:
-                for window in todo:
+                for window in itertools.islice(todo, in_flight):
                     pending.append(pool.submit(self._block, *window))
-                    if len(pending) >= in_flight:
-                        break
                 while pending:
                     block = pending.popleft().result()
-                    window_next = next(todo, None)
-                    if window_next is not None:
-                        pending.append(pool.submit(self._block, *window_next))
+                    window = next(todo, None)
+                    if window is not None:
+                        pending.append(pool.submit(self._block, *window))
                     yield block
             finally:
                 for future in pending:
@@ -196,7 +196,8 @@ class JobResults:
     Metadata documents are fetched once and cached; arrays are read lazily
     through zarr. All network I/O runs on zarr's event-loop thread, so this
     object may be used from any (and several) threads. Close it, or use it as a
-    context manager, to release its connection pool.
+    context manager, to release its connection pool. `retry_policy`, when
+    given, replaces the default backoff for `max_retries` attempts.
     """
 
     def __init__(
@@ -209,13 +210,14 @@ class JobResults:
         max_retries: int = 5,
         concurrency: int = 8,
         transport: httpx.AsyncBaseTransport | None = None,
+        retry_policy: RetryPolicy | None = None,
     ) -> None:
         self.job_id = job_id
         self._fetcher = ResultFetcher(
             files_url=f"{api_root.rstrip('/')}/jobs/{job_id}/results/files",
             api_key=api_key,
             timeout=timeout,
-            policy=RetryPolicy(max_retries=max_retries),
+            policy=retry_policy or RetryPolicy(max_retries=max_retries),
             concurrency=concurrency,
             transport=transport,
         )
@@ -267,13 +269,15 @@ class JobResults:
             if levels:
                 refs.append(levels[0])
             else:
-                warnings.warn(f"Marker {name}: the manifest lists no datasets; skipped", UserWarning, stacklevel=2)
+                warnings.warn(
+                    f"Marker {name}: the manifest lists no datasets; skipped", UserWarning, stacklevel=2
+                )
         self._prefetch_docs([f"{ref.path}/zarr.json" for ref in refs])
         names: list[str] = []
         for ref in refs:
             if self._doc(f"{ref.path}/zarr.json") is None:
                 warnings.warn(
-                    f"Marker {ref.name}: the manifest names {ref.path} but the store does not have it; skipped",
+                    f"Marker {ref.name}: the manifest names {ref.path} but the store lacks it; skipped",
                     UserWarning,
                     stacklevel=2,
                 )
@@ -340,11 +344,13 @@ class JobResults:
         self._prefetch_docs([f"{ref.path}/zarr.json" for ref in refs])
         present = [ref for ref in refs if self._doc(f"{ref.path}/zarr.json") is not None]
         missing = sorted({ref.path for ref in refs} - {ref.path for ref in present})
-        group_docs = sorted({
-            f"{'/'.join(ref.path.split('/')[:depth])}/zarr.json"
-            for ref in present
-            for depth in range(1, ref.path.count("/") + 1)
-        })
+        group_docs = sorted(
+            {
+                f"{'/'.join(ref.path.split('/')[:depth])}/zarr.json"
+                for ref in present
+                for depth in range(1, ref.path.count("/") + 1)
+            }
+        )
         self._prefetch_docs(group_docs)
         for key in [*group_docs, *(f"{ref.path}/zarr.json" for ref in present)]:
             raw = self._raw(key)
@@ -440,7 +446,7 @@ class JobResults:
     # ---------- internals ----------
 
     def _find(self, name: str, level: int) -> DatasetRef | None:
-        """Where `name` at `level` lives: root manifest first, then a node of that name (flat or OME group)."""
+        """Where `name` at `level` lives: the root manifest, else a node of that name (flat, OME group)."""
         for entry in multiscales(self.root_attributes()):
             entry_label = entry_name(entry)
             matches = entry_label == name or (
@@ -573,20 +579,22 @@ def _inside(root: Path, key: str) -> Path:
     return target
 
 
-def _write_inside(root: Path, key: str, data: bytes) -> None:
+def _write_inside(root: Path, key: str, data: bytes | bytearray) -> None:
     target = _inside(root, key)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(data)
 
 
-def _without_datasets(root_raw: bytes, missing: Sequence[str]) -> bytes:
+def _without_datasets(root_raw: bytes | bytearray, missing: Sequence[str]) -> bytes:
     """The root document with the missing datasets taken out of every multiscales entry."""
     doc = json.loads(root_raw)
     for entry in multiscales(doc.get("attributes") or {}):
         datasets = entry.get("datasets")
         if isinstance(datasets, list):
             entry["datasets"] = [
-                d for d in datasets if not (isinstance(d, dict) and str(d.get("path", "")).strip("/") in missing)
+                d
+                for d in datasets
+                if not (isinstance(d, dict) and str(d.get("path", "")).strip("/") in missing)
             ]
     return json.dumps(doc, indent=2).encode()
 

@@ -107,14 +107,13 @@ class ResumableSender:
         must_ask = ask_first
         with path.open("rb", buffering=0) as source:
             while True:
-                sent_data = not must_ask and offset < total
+                sending = offset < total and not must_ask
                 try:
-                    if sent_data:
-                        outcome = self._put_chunk(source, url, offset, total)
-                    else:
-                        outcome = self._ask(url, total)
+                    outcome = (
+                        self._put_chunk(source, url, offset, total) if sending else self._ask(url, total)
+                    )
                 except _Transient as exc:
-                    failures = self._count_failure(failures, str(exc), exc.status, exc.retry_after)
+                    failures = self._back_off(failures, str(exc), exc.status, exc.retry_after)
                     must_ask = True
                     continue
                 must_ask = False
@@ -129,17 +128,13 @@ class ResumableSender:
                         on_checkpoint(checkpoint)
                     if progress is not None:
                         progress(offset, total)
-                if not sent_data and offset >= total:
-                    failures = self._count_failure(failures, "all bytes held but not finalised", 308, None)
-                elif sent_data:
-                    # A 308 that kept nothing new is not progress: back off as for any other failure.
-                    failures = (
-                        0 if offset > previous else self._count_failure(failures, "no progress", 308, None)
-                    )
+                if sending and offset > previous:
+                    failures = 0
+                elif sending or offset >= total:
+                    # A PUT that kept nothing new, or a session holding every byte yet not finalised.
+                    failures = self._back_off(failures, "no progress", 308, None)
 
-    def _count_failure(
-        self, failures: int, reason: str, status: int | None, retry_after: float | None
-    ) -> int:
+    def _back_off(self, failures: int, reason: str, status: int | None, retry_after: float | None) -> int:
         failures += 1
         if failures > self._policy.max_retries:
             raise UploadError(

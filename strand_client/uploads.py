@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,33 +71,27 @@ class Uploads:
             self._http.client, self._http.policy, chunk_size=chunk_size, content_type=ctype
         )
 
-        checkpoint: UploadCheckpoint
-        if resume is not None:
-            if resume.total_size != total:
-                raise UploadError(
-                    f"Checkpoint is for a {resume.total_size}-byte file, this one has {total} bytes",
-                    error_code="checkpoint_mismatch",
-                )
-            checkpoint, ask_first = resume, True
-        else:
-            opened = self._initiate(name, total, ctype, content_sha256)
-            if isinstance(opened, Upload):
-                return opened
-            checkpoint, ask_first = opened, False
-            _notify(on_checkpoint, checkpoint)
-
+        if resume is not None and resume.total_size != total:
+            raise UploadError(
+                f"Checkpoint is for a {resume.total_size}-byte file, this one has {total} bytes",
+                error_code="checkpoint_mismatch",
+            )
+        checkpoint, ask_first = resume, resume is not None
         for _ in range(MAX_NEW_SESSIONS + 1):
+            if checkpoint is None:
+                opened = self._initiate(name, total, ctype, content_sha256)
+                if isinstance(opened, Upload):
+                    return opened
+                checkpoint, ask_first = opened, False
+                if on_checkpoint is not None:
+                    on_checkpoint(checkpoint)
             try:
                 sender.send(
                     local, checkpoint, ask_first=ask_first, progress=progress, on_checkpoint=on_checkpoint
                 )
             except SessionGone:
                 log.warning("Upload session is gone; opening a new one")
-                opened = self._initiate(name, total, ctype, content_sha256)
-                if isinstance(opened, Upload):
-                    return opened
-                checkpoint, ask_first = opened, False
-                _notify(on_checkpoint, checkpoint)
+                checkpoint = None
                 continue
             return self._complete(checkpoint.upload_id)
         raise UploadError(
@@ -125,8 +118,3 @@ class Uploads:
         except ConflictError as exc:
             # `upload_failed` (stored size differs from the declared one) or bytes still missing.
             raise UploadError(exc.message, exc.status_code, exc.error_code, exc.body) from exc
-
-
-def _notify(callback: Callable[[UploadCheckpoint], None] | None, checkpoint: UploadCheckpoint) -> None:
-    if callback is not None:
-        callback(checkpoint)

@@ -29,13 +29,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from sectra_adapter.summary import Hotspot, MarkerSummary
-from strand_client.results import JobResults, MapBlock, MarkerMap, ResultsError
+from strand_client.results import BLOCK_BYTES, JobResults, MapBlock, MarkerMap, ResultsError
 
 _FLOAT_BINS = 65536
 _HOTSPOT_STEPS = 4  # windows slide by a quarter of their side
 _MAX_GRID_SIDE = 4096  # hotspot grid cells per axis, whatever the window: keeps the grid small
 _PERCENTILES = (50, 90, 99)
-_STRIP_ROWS = 256  # rows of a block folded in at once
+_STRIP_ROWS = 128  # rows of a block folded in at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +58,7 @@ def summarise_marker(
     root_microns_per_pixel: float | None = None,
     top_hotspots: int = 5,
     hotspot_window_um: float = 500.0,
+    block_bytes: int = BLOCK_BYTES,
 ) -> MarkerSummary:
     """One marker's summary over tissue, reading the map once, block by block.
 
@@ -67,13 +68,13 @@ def summarise_marker(
     slide's. When no source gives a pixel size in microns (slide µm/px unknown
     and passed as 0), the two areas are NaN and everything else still holds.
     Raises `ResultsError` naming the marker when the map cannot be read or has
-    no tissue at all.
+    no tissue at all. `block_bytes` trades memory for fewer, larger reads.
     """
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be within [0, 1], not {threshold}")
     geometry = _geometry(marker_map, slide_width, slide_height, microns_per_pixel, root_microns_per_pixel)
     stats = _Accumulator(marker_map, threshold, geometry, hotspot_window_um)
-    for block in marker_map.blocks():
+    for block in marker_map.blocks(block_bytes=block_bytes):
         stats.add(block)
     return stats.summary(top_hotspots, slide_width, slide_height)
 
@@ -148,7 +149,9 @@ def _geometry(
 class _Accumulator:
     """Everything the summary needs, folded in one block at a time; size independent of the map."""
 
-    def __init__(self, marker_map: MarkerMap, threshold: float, geometry: _Geometry, window_um: float) -> None:
+    def __init__(
+        self, marker_map: MarkerMap, threshold: float, geometry: _Geometry, window_um: float
+    ) -> None:
         self.map = marker_map
         self.geometry = geometry
         dtype = marker_map.dtype
@@ -163,10 +166,12 @@ class _Accumulator:
         self.value_sum = 0.0
         self.tissue_px = 0
         self.positive_px = 0
-        self.cell_h, self.window_cells_y = _cells(window_um, geometry.pixel_um_y, geometry.scale_y,
-                                                  marker_map.height)
-        self.cell_w, self.window_cells_x = _cells(window_um, geometry.pixel_um_x, geometry.scale_x,
-                                                  marker_map.width)
+        self.cell_h, self.window_cells_y = _cells(
+            window_um, geometry.pixel_um_y, geometry.scale_y, marker_map.height
+        )
+        self.cell_w, self.window_cells_x = _cells(
+            window_um, geometry.pixel_um_x, geometry.scale_x, marker_map.width
+        )
         grid_shape = (-(-marker_map.height // self.cell_h), -(-marker_map.width // self.cell_w))
         self.positive_grid = np.zeros(grid_shape, dtype=np.int64)
         self.tissue_grid = np.zeros(grid_shape, dtype=np.int64)
@@ -175,8 +180,12 @@ class _Accumulator:
         """Fold one block in, a strip of rows at a time so the temporaries stay a few MiB."""
         for r0 in range(0, block.values.shape[0], _STRIP_ROWS):
             r1 = r0 + _STRIP_ROWS
-            self._add(block.values[r0:r1], None if block.tissue is None else block.tissue[r0:r1],
-                      block.y0 + r0, block.x0)
+            self._add(
+                block.values[r0:r1],
+                None if block.tissue is None else block.tissue[r0:r1],
+                block.y0 + r0,
+                block.x0,
+            )
 
     def _add(self, values: np.ndarray, node: np.ndarray | None, y0: int, x0: int) -> None:
         if not self.exact_counts and values.dtype.kind != "f":
@@ -232,7 +241,8 @@ class _Accumulator:
             centres = (np.arange(self.bins, dtype=np.float64) + 0.5) / self.bins
         cumulative = np.cumsum(self.histogram)
         p50, p90, p99 = (
-            float(centres[int(np.searchsorted(cumulative, -(-q * self.tissue_px // 100)))]) for q in _PERCENTILES
+            float(centres[int(np.searchsorted(cumulative, -(-q * self.tissue_px // 100)))])
+            for q in _PERCENTILES
         )
         return MarkerSummary(
             marker=name,
@@ -262,13 +272,23 @@ class _Accumulator:
             if density[i, j] < 0:
                 break
             y0, x0 = int(i) * self.cell_h, int(j) * self.cell_w
-            found.append(self._box(y0, x0, int(row_px[i]), int(col_px[j]),
-                                   int(positive[i, j]) / int(tissue[i, j]), slide_width, slide_height))
+            found.append(
+                self._box(
+                    y0,
+                    x0,
+                    int(row_px[i]),
+                    int(col_px[j]),
+                    int(positive[i, j]) / int(tissue[i, j]),
+                    slide_width,
+                    slide_height,
+                )
+            )
             density[max(0, i - win_y + 1) : i + win_y, max(0, j - win_x + 1) : j + win_x] = -1.0
         return found
 
-    def _box(self, y0: int, x0: int, rows: int, cols: int, fraction: float,
-             slide_width: int, slide_height: int) -> Hotspot:
+    def _box(
+        self, y0: int, x0: int, rows: int, cols: int, fraction: float, slide_width: int, slide_height: int
+    ) -> Hotspot:
         sy, sx = self.geometry.scale_y, self.geometry.scale_x
         left, top = round(x0 * sx), round(y0 * sy)
         right, bottom = round((x0 + cols) * sx), round((y0 + rows) * sy)

@@ -135,7 +135,7 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
 
 
 class FaultMiddleware:
-    """Applies generic request faults and answer latency around routing (pure ASGI: streaming stays intact)."""
+    """Applies generic request faults and answer latency (pure ASGI, so streaming stays intact)."""
 
     def __init__(self, app: ASGIApp, faults: Faults) -> None:
         self.app = app

@@ -72,6 +72,7 @@ class FakeStrandServer:
         if storage_dir is None:
             self._tempdir = tempfile.TemporaryDirectory(prefix="fake-strand-")
             storage_dir = self._tempdir.name
+        Path(storage_dir).mkdir(parents=True, exist_ok=True)
         self._state = FakeState(self.options, Path(storage_dir))
         self.faults = Faults()
         self._results = ResultStores(self.options)
@@ -265,7 +266,7 @@ class FakeStrandServer:
 def serve_forever(host: str = "127.0.0.1", port: int = 8765, **options: Any) -> None:
     """Run a fake Strand server in the foreground: `sectra-bridge fake-strand --port P`."""
     server = FakeStrandServer(host=host, port=port, **options)
-    print(f"Fake Strand on {server.url} (STRAND_BASE_URL={server.url} STRAND_API_KEY={server.api_key})", flush=True)
+    print(f"Fake Strand on {server.url} (STRAND_API_KEY={server.api_key})", flush=True)
     try:
         server.serve_forever()
     finally:

@@ -140,8 +140,20 @@ def build_results(
     written before its level-count fix.
     """
     spec = _Spec.make(
-        markers, height, width, layout, seed, dtype, tissue_mode, microns_per_pixel,
-        ndim, levels, slide_scale, chunk, chunks_per_shard, with_he,
+        markers,
+        height,
+        width,
+        layout,
+        seed,
+        dtype,
+        tissue_mode,
+        microns_per_pixel,
+        ndim,
+        levels,
+        slide_scale,
+        chunk,
+        chunks_per_shard,
+        with_he,
     )
     store_dict: dict[str, Any] = {}
     store = MemoryStore(store_dict)
@@ -206,8 +218,20 @@ def write_results(
     reader's figures on a map this size are checked by the benches' own passes.
     """
     spec = _Spec.make(
-        markers, height, width, layout, seed, dtype, tissue_mode, microns_per_pixel,
-        ndim, levels, slide_scale, chunk, chunks_per_shard, with_he,
+        markers,
+        height,
+        width,
+        layout,
+        seed,
+        dtype,
+        tissue_mode,
+        microns_per_pixel,
+        ndim,
+        levels,
+        slide_scale,
+        chunk,
+        chunks_per_shard,
+        with_he,
     )
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
@@ -428,12 +452,14 @@ class _Spec:
         for level in range(self.levels):
             scale = self.slide_scale * 2**level
             path = self.dataset_path(name, level)
-            datasets.append({
-                "path": path.rsplit("/", 1)[-1] if relative else path,
-                "coordinateTransformations": [
-                    {"type": "scale", "scale": [1.0, scale, scale] if three_d else [scale, scale]}
-                ],
-            })
+            datasets.append(
+                {
+                    "path": path.rsplit("/", 1)[-1] if relative else path,
+                    "coordinateTransformations": [
+                        {"type": "scale", "scale": [1.0, scale, scale] if three_d else [scale, scale]}
+                    ],
+                }
+            )
         return {"name": name, "axes": axes, "datasets": datasets}
 
     def root_attributes(self) -> dict[str, Any]:
@@ -472,16 +498,18 @@ def _create_nodes(store: MemoryStore | LocalStore, spec: _Spec) -> dict[str, lis
             fill: float | int = math.nan if dtype.kind == "f" and spec.tissue_mode == "nan" else 0
             inner = (*lead, spec.chunk, spec.chunk)
             shard = (*lead, spec.chunk * spec.chunks_per_shard, spec.chunk * spec.chunks_per_shard)
-            levels.append(root.create_array(
-                spec.dataset_path(name, level),
-                shape=(*lead, h, w),
-                dtype=dtype,
-                chunks=inner,
-                shards=shard if sharded else None,
-                compressors=zarr.codecs.ZstdCodec(level=3) if compressed else None,
-                fill_value=fill,
-                dimension_names=(("c",) if lead else ()) + ("y", "x"),
-            ))
+            levels.append(
+                root.create_array(
+                    spec.dataset_path(name, level),
+                    shape=(*lead, h, w),
+                    dtype=dtype,
+                    chunks=inner,
+                    shards=shard if sharded else None,
+                    compressors=zarr.codecs.ZstdCodec(level=3) if compressed else None,
+                    fill_value=fill,
+                    dimension_names=(("c",) if lead else ()) + ("y", "x"),
+                )
+            )
         arrays[name] = levels
     return arrays
 
@@ -532,12 +560,14 @@ def _make_marker_model(name: str, seed: int) -> _MarkerModel:
         if 0.25 * np.pi < angle < 0.75 * np.pi:
             angle += np.pi
         radius = rng.uniform(0.1, 0.6)
-        hotspots.append(_Hotspot(
-            v=0.5 + 0.36 * radius * np.sin(angle),
-            u=0.5 + 0.38 * radius * np.cos(angle),
-            sigma=rng.uniform(0.025, 0.05),
-            height=rng.uniform(0.45, 0.8),
-        ))
+        hotspots.append(
+            _Hotspot(
+                v=0.5 + 0.36 * radius * np.sin(angle),
+                u=0.5 + 0.38 * radius * np.cos(angle),
+                sigma=rng.uniform(0.025, 0.05),
+                height=rng.uniform(0.45, 0.8),
+            )
+        )
     hotspots.sort(key=lambda h: -h.height)
     return _MarkerModel(
         key=key,
@@ -563,8 +593,9 @@ def _tissue_mask(model: _TissueModel, height: int, width: int, ys: np.ndarray, x
     return inside & ~hole
 
 
-def _expression(model: _MarkerModel, seed: int, height: int, width: int,
-                ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+def _expression(
+    model: _MarkerModel, seed: int, height: int, width: int, ys: np.ndarray, xs: np.ndarray
+) -> np.ndarray:
     """Float64 expression in [0, 1] at level-0 rows `ys` x columns `xs` (ascending)."""
     v = (ys + 0.5) / height
     u = (xs + 0.5) / width
@@ -602,8 +633,9 @@ def _tile_groups(coords: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         yield int(tile), np.flatnonzero(tiles == tile)
 
 
-def _stored_values(spec: _Spec, model: _MarkerModel, tissue: np.ndarray,
-                   ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+def _stored_values(
+    spec: _Spec, model: _MarkerModel, tissue: np.ndarray, ys: np.ndarray, xs: np.ndarray
+) -> np.ndarray:
     """What the store holds for a region, in the store's dtype and background convention."""
     values = _expression(model, spec.seed, spec.height, spec.width, ys, xs)
     if spec.dtype.kind == "u":

@@ -44,9 +44,8 @@ def test_400_other_bad_request(client: Client, upload_id: str) -> None:
 
 
 def test_401_wrong_key(fake: FakeStrandServer) -> None:
-    with Client(api_key="sk-strand-wrong", base_url=fake.url) as wrong:
-        with pytest.raises(AuthError) as raised:
-            wrong.markers.list()
+    with Client(api_key="sk-strand-wrong", base_url=fake.url) as wrong, pytest.raises(AuthError) as raised:
+        wrong.markers.list()
     assert raised.value.status_code == 401 and raised.value.message == "Missing or invalid API key"
 
 
@@ -131,9 +130,9 @@ def test_5xx_on_reads_is_retried_then_raised_as_server_error(client: Client, fak
 def test_unreachable_reads_are_retried_then_a_connection_error(fake: FakeStrandServer) -> None:
     port = fake.port
     fake.stop()
-    with Client(api_key=fake.api_key, base_url=f"http://127.0.0.1:{port}", max_retries=2) as offline:
-        with pytest.raises(StrandConnectionError):
-            offline.markers.list()
+    offline = Client(api_key=fake.api_key, base_url=f"http://127.0.0.1:{port}", max_retries=2)
+    with offline, pytest.raises(StrandConnectionError):
+        offline.markers.list()
 
 
 def test_every_error_is_a_strand_error() -> None:

@@ -32,9 +32,10 @@ def test_wait_follows_progress_to_completion(client: Client, fake: FakeStrandSer
 
     assert status.status == "completed" and status.results_available
     assert status.markers == ("CD8", "PanCK")
-    progress = [e.progress for e in events if e.status == "running"]
+    progress = [e.progress or 0.0 for e in events if e.status == "running"]
     assert progress == sorted(progress) and len(progress) >= 2
     assert events[-1].is_terminal
+    assert job.reserved_credits is not None
     assert fake.balance == 10_000 - job.reserved_credits  # charged on completion
     assert fake.pending == 0
 
@@ -44,10 +45,12 @@ def test_stream_events_ignores_heartbeats_and_stops_at_terminal(
 ) -> None:
     fake.options.job_duration = None
     job = client.predict.submit(upload_id, ["CD8"])
-    with httpx.Client(headers={"Authorization": f"Bearer {fake.api_key}"}) as raw:
-        with raw.stream("GET", f"{fake.url}/api/v1/jobs/{job.id}/stream", timeout=5) as response:
-            lines = response.iter_lines()
-            first = [next(lines) for _ in range(4)]  # snapshot, blank, then heartbeats while queued
+    headers = {"Authorization": f"Bearer {fake.api_key}"}
+    with httpx.stream(
+        "GET", f"{fake.url}/api/v1/jobs/{job.id}/stream", headers=headers, timeout=5
+    ) as response:
+        lines = response.iter_lines()
+        first = [next(lines) for _ in range(4)]  # snapshot, blank, then heartbeats while queued
     assert first[0].startswith("data: ") and ": heartbeat" in first[2:]
 
     events = job.stream_events()

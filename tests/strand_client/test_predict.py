@@ -140,9 +140,9 @@ def test_insufficient_credits_reserves_nothing(
 def test_unreachable_strand_is_a_connection_error_not_an_uncertain_submit(fake: FakeStrandServer) -> None:
     port = fake.port
     fake.stop()
-    with Client(api_key=fake.api_key, base_url=f"http://127.0.0.1:{port}", max_retries=1) as offline:
-        with pytest.raises(StrandConnectionError):
-            offline.predict.submit("any-upload", ["CD8"])
+    offline = Client(api_key=fake.api_key, base_url=f"http://127.0.0.1:{port}", max_retries=1)
+    with offline, pytest.raises(StrandConnectionError):
+        offline.predict.submit("any-upload", ["CD8"])
 
 
 def test_markers_must_not_be_empty(client: Client, upload_id: str) -> None:

@@ -116,7 +116,7 @@ def test_lost_session_opens_a_new_one(
 
     assert fake.stats.upload_sessions_opened == 2
     assert checkpoints[-1].upload_id == upload.id != checkpoints[0].upload_id
-    assert [c.offset for c in checkpoints if c.upload_id == upload.id][0] == 0
+    assert next(c.offset for c in checkpoints if c.upload_id == upload.id) == 0
     assert same_bytes(path, fake.upload_path(upload.id))
 
 

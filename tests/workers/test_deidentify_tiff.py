@@ -12,14 +12,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
+import openslide
 import pytest
 import tifffile
-from fixtures.slides import (
+from tifffile.tifffile import svs_description_metadata
+
+from tests.fixtures.slides import (
     LABEL_SHAPE,
     MACRO_SHAPE,
     MPP,
@@ -30,9 +34,8 @@ from fixtures.slides import (
     make_svs,
     page_segments,
 )
-
 from workers.deidentify import deidentify_slide, identifiers_from_metadata, verify_deidentified
-from workers.deidentify.text import scrub_svs_description
+from workers.deidentify.text import scrub_philips_xml, scrub_svs_description
 from workers.deidentify.tiffio import EditPlan, GuardViolation, Intervals
 
 PHI = {"patientName": "DOE^JANE", "accessionNumber": "ACC-2024-000123", "lisSlideId": "S24-1234-A1"}
@@ -42,7 +45,7 @@ SIZE = 2048
 
 def _mpp_svs(tif: tifffile.TiffFile) -> float:
     assert tif.is_svs
-    return float(tifffile.svs_description_metadata(tif.pages.first.description)["MPP"])
+    return float(svs_description_metadata(tif.pages.first.description)["MPP"])
 
 
 def _mpp_resolution(tif: tifffile.TiffFile) -> float:
@@ -93,14 +96,14 @@ KINDS: dict[str, tuple[Callable[..., Path], dict[str, Any], str, str, str, set[i
         ["label", "macro"],
         _mpp_resolution,
     ),
-    "ndpi": (make_ndpi, {}, ".ndpi", "ndpi", ".ndpi", {3, 4}, ["macro", "map"], _mpp_resolution),
+    "ndpi": (make_ndpi, {}, ".ndpi", "ndpi", ".ndpi", {2, 3}, ["macro", "map"], _mpp_resolution),
     "philips": (
         make_philips_tiff,
         {},
         ".tiff",
         "philips-tiff",
         ".tiff",
-        {4, 5},
+        {3, 4},
         ["label", "macro"],
         _mpp_philips,
     ),
@@ -234,3 +237,113 @@ def test_generators_make_readable_slides_of_any_shape(tmp_path: Path) -> None:
         assert tif.is_svs and tif.pages.first.shape == (700, 1000, 3)
     files, report = deidentify_slide([path], run_id="r", out_dir=tmp_path / "out")
     assert report.removed_images == ["label", "macro"] and MARKER not in files[0].read_bytes()
+
+
+def _tiff_with_exif(path: Path, serial: str) -> Path:
+    """A classic grey TIFF whose Exif IFD carries a capture date and a camera serial (no writer makes one)."""
+    pixels = bytes(range(256)) * 16  # 64 x 64
+    serial_value = serial.encode() + b"\0"
+    date_value = b"2024:03:01 10:22:00\0"
+    data_at, exif_at = 8, 8 + len(pixels)
+    exif_values_at = exif_at + 2 + 2 * 12 + 4
+    ifd_at = exif_values_at + len(date_value) + len(serial_value)
+    ifd_at += ifd_at % 2
+    exif = struct.pack("<H", 2)
+    exif += struct.pack("<HHII", 36867, 2, len(date_value), exif_values_at)
+    exif += struct.pack("<HHII", 42033, 2, len(serial_value), exif_values_at + len(date_value))
+    exif += struct.pack("<I", 0)
+    entries = [(256, 3, 1, 64), (257, 3, 1, 64), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1)]
+    entries += [(273, 4, 1, data_at), (278, 3, 1, 64), (279, 4, 1, len(pixels)), (34665, 4, 1, exif_at)]
+    ifd = struct.pack("<H", len(entries))
+    for code, dtype, count, value in entries:
+        packed = struct.pack("<H", value) + b"\0\0" if dtype == 3 else struct.pack("<I", value)
+        ifd += struct.pack("<HHI", code, dtype, count) + packed
+    ifd += struct.pack("<I", 0)
+    body = b"II*\0" + struct.pack("<I", ifd_at) + pixels + exif + date_value + serial_value
+    path.write_bytes(body.ljust(ifd_at, b"\0") + ifd)
+    return path
+
+
+def test_exif_text_is_emptied(tmp_path: Path) -> None:
+    staged = _tiff_with_exif(tmp_path / "photo.tif", PHI["accessionNumber"])
+    pixels_before = page_segments(staged)
+    files, report = deidentify_slide([staged], run_id="run-1", out_dir=tmp_path / "out")
+    assert report.format == "generic-tiff"
+    assert {"Exif.DateTimeOriginal", "Exif.BodySerialNumber"} <= set(report.blanked_fields)
+    data = files[0].read_bytes()
+    assert PHI["accessionNumber"].encode() not in data and b"2024:03:01" not in data
+    assert page_segments(files[0]) == pixels_before
+    verify_deidentified(files, identifiers={"accessionNumber": PHI["accessionNumber"]})
+
+
+@pytest.mark.parametrize("kind", ["svs", "svs-bigtiff", "generic", "philips"])
+def test_openslide_still_reads_the_slide_but_no_label(kind: str, tmp_path: Path) -> None:
+    """What a slide reader on Strand's side sees: same vendor, size and pixel size; no label or macro."""
+    staged = _make(kind, tmp_path / "staged")
+    with openslide.OpenSlide(staged) as slide:
+        before = (
+            slide.properties["openslide.vendor"],
+            slide.dimensions,
+            slide.properties.get("openslide.mpp-x"),
+        )
+        tile_before = slide.read_region((300, 200), 0, (256, 256)).tobytes()
+        if kind != "generic":  # OpenSlide's generic TIFF reader exposes no associated images at all
+            assert {"label", "macro"} <= set(slide.associated_images)
+    files, _ = deidentify_slide([staged], run_id="run-3", out_dir=tmp_path / "out")
+    with openslide.OpenSlide(files[0]) as slide:
+        after = (
+            slide.properties["openslide.vendor"],
+            slide.dimensions,
+            slide.properties.get("openslide.mpp-x"),
+        )
+        assert after == before
+        assert not {"label", "macro"} & set(slide.associated_images)
+        assert slide.read_region((300, 200), 0, (256, 256)).tobytes() == tile_before
+
+
+def test_philips_xml_keeps_pixel_spacing_and_blanks_everything_else_in_place() -> None:
+    raw = (
+        b'<?xml version="1.0" encoding="UTF-8" ?><DataObject ObjectType="DPUfsImport">'
+        b'<Attribute Name="DICOM_PIXEL_SPACING" PMSVR="IDoubleArray">"0.00025" "0.00025"</Attribute>stray DOE'
+        b'<Attribute Name="PIM_DP_UFS_BARCODE" PMSVR="IString">QUNDMTIz</Attribute><!-- scanned by DOE -->'
+        b"</DataObject>"
+    )
+    new, removed = scrub_philips_xml(raw)
+    assert len(new) == len(raw)
+    assert b'"0.00025" "0.00025"' in new and b'encoding="UTF-8"' in new
+    assert b"QUNDMTIz" not in new and b"DOE" not in new
+    assert removed == [
+        "ImageDescription.<unnamed>",
+        "ImageDescription.PIM_DP_UFS_BARCODE",
+        "ImageDescription.<comment>",
+    ]
+    ElementTree.fromstring(new)  # noqa: S314 - still well-formed XML
+
+
+@pytest.mark.parametrize("phases_done", [1, 2, 3])
+def test_a_crash_between_edit_phases_leaves_nothing_a_rerun_cannot_finish(
+    phases_done: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection: the process dies after the first `phases_done` phases of its writes."""
+    staged = _make("svs", tmp_path / "staged")
+    tissue = [segments for index, segments in page_segments(staged) if index < 4]
+    real_apply = EditPlan.apply
+
+    def crash_after(plan: EditPlan, path: Path) -> None:
+        plan.phases = {phase: edits for phase, edits in plan.phases.items() if phase < phases_done}
+        real_apply(plan, path)
+        raise KeyboardInterrupt("simulated crash")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(EditPlan, "apply", crash_after)
+        with pytest.raises(KeyboardInterrupt):
+            deidentify_slide([staged], run_id="run-5", out_dir=tmp_path / "out")
+    half_done = tmp_path / "out" / "run-5.svs"
+    if phases_done == 3:  # unlinked: a re-run no longer sees the label, yet nothing of it may remain
+        assert MARKER not in half_done.read_bytes() and b"Barcode = ACC" not in half_done.read_bytes()
+    files, _ = deidentify_slide([half_done], run_id="run-5", out_dir=tmp_path / "out")
+    data = files[0].read_bytes()
+    for needle in _forbidden_bytes():
+        assert needle not in data
+    assert [segments for _, segments in page_segments(files[0])] == tissue
+    verify_deidentified(files, identifiers={"accessionNumber": PHI["accessionNumber"]})

@@ -6,6 +6,7 @@ keys are field names fit for an audit trail, its values never are.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import PurePath
@@ -16,6 +17,10 @@ from workers.deidentify.text import audit_name
 if TYPE_CHECKING:
     from sectra_client.schemas.image import ImageMetadata
 
+# File names such as "slide.svs" or "image-2.dcm" name no one, and their words occur in ordinary DICOM
+# text ("Microscope slide"): matching them would refuse every such slide for nothing.
+_GENERIC_NAMES = frozenset({"slide", "image", "file", "scan", "part", "wsi", "dicom", "instance", "download"})
+_NOT_A_WORD = re.compile(r"[\d_.\- ]+")
 _PLAIN_FIELDS = ("accessionNumber", "lisSlideId", "examId", "studyInstanceUid", "seriesInstanceUid")
 # Scanners write the exam date in their own formats; a date in any of them identifies the exam.
 _DATE_FORMATS = {
@@ -44,8 +49,10 @@ def identifiers_from_metadata(
             _add(found, f"examFreeFields.{name}", value)
     for number, name in enumerate(original_names):
         base = PurePath(name).name
-        _add(found, f"original file name {number + 1}", base)
         stem = base.split(".", 1)[0]
+        if _NOT_A_WORD.sub("", stem).lower() in _GENERIC_NAMES:
+            continue
+        _add(found, f"original file name {number + 1}", base)
         if stem != base:
             _add(found, f"original file name {number + 1} without extension", stem)
     return found

@@ -38,8 +38,8 @@ def associated_kind(
     if flavour == "ventana-bif":
         wiped_carrier = carries_slide_metadata(flavour, index, page) and not description.strip()
         return None if wiped_carrier else _bif_kind(description)
-    if flavour == "philips-tiff":
-        return None
+    if flavour == "philips-tiff":  # its pyramid is tiled; the named label and macro are the rest
+        return None if page.is_tiled else "unnamed image"
     return _generic_kind(index, page, first)
 
 

@@ -173,7 +173,10 @@ def scrub_xml(raw: bytes, keep_attr: KeepAttr, keep_text: KeepText, label: str) 
                 out[inner_start:inner_end] = b" " * (inner_end - inner_start)
                 removed.append(f"{label}.<comment>")
             continue
-        if chunk.startswith((b"<?", b"</")):
+        if chunk.startswith(b"<?"):
+            continue
+        if chunk.startswith(b"</"):
+            last_tag, last_attrs = "", {}  # text after a closing tag belongs to no allowlisted element
             continue
         name_match = _XML_TAG_NAME.match(chunk)
         tag = name_match.group(1).decode("latin-1") if name_match else ""
@@ -189,7 +192,7 @@ def scrub_xml(raw: bytes, keep_attr: KeepAttr, keep_text: KeepText, label: str) 
             start = token.start() + attr.start(2) + 1
             out[start : start + len(value)] = b" " * len(value)
             removed.append(f"{label}.{audit_name(key)}")
-        last_tag, last_attrs = tag, attrs
+        last_tag, last_attrs = ("", {}) if chunk.endswith(b"/>") else (tag, attrs)
     _text_between(raw, out, position, len(raw), last_tag, last_attrs, keep_text, label, removed)
     return bytes(out), list(dict.fromkeys(removed))
 

@@ -5,6 +5,9 @@ tissue pyramid, whose bytes are not read or written (an `EditPlan` guard
 enforces it). Text tags follow an allowlist: ASCII tags other than Make, Model
 and Software are emptied, Software too when it carries a date; the
 description of each vendor is rewritten by its own rules (see `text`).
+One exception to unlinking: Ventana's label is IFD 0 and carries the slide's
+iScan metadata that readers look for there, so it stays linked with its
+pixels zeroed and its name blanked (see `pages.carries_slide_metadata`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from workers.deidentify.text import (
 )
 from workers.deidentify.tiffio import (
     ASCII,
+    TEXT_TYPES,
     EditPlan,
     Intervals,
     Layout,
@@ -88,15 +92,16 @@ def deidentify_tiff(path: Path, flavour: str) -> TiffOutcome:
                     plan.zero(EditPlan.ZERO_IMAGES, offset, count)
 
         linked_nodes = tissue_nodes if carrier is None else [carrier, *tissue_nodes]
+        protected = pixels.union(_structure_intervals(fh, layout, linked_nodes))
         for node in linked_nodes:
             _scrub_page_text(fh, layout, plan, flavour, node, outcome)
+        orphans = [node for node in removed_nodes if node is not carrier]
+        for node in orphans:
+            _zero_orphan_text(fh, layout, plan, node, protected)
         linked = [page for page in pages if page in tissue or page is carrier]
         _relink(fh, layout, plan, [page.offset for page in linked])
-
-        protected = pixels.union(_structure_intervals(fh, layout, linked_nodes))
-        for node in removed_nodes:
-            if node is not carrier:
-                _zero_orphan(fh, layout, plan, node, protected)
+        for node in orphans:
+            _zero_orphan(fh, layout, plan, node, protected)
     plan.apply(path)
     outcome.blanked_fields = list(dict.fromkeys(outcome.blanked_fields))
     return outcome
@@ -181,24 +186,27 @@ def _rewrite_description(flavour: str, raw: bytes) -> tuple[bytes, list[str]]:
 
 
 def _sub_ifd_offset(fh: Source, layout: Layout, tag: tifffile.TiffTag) -> int:
+    """Read the pointer from the IFD entry itself (tifffile reports a resolved offset for IFD tags)."""
     code = tifffile.TIFF.DATA_FORMATS[tag.dtype][-1]
-    size = struct.calcsize(code)
-    return int(struct.unpack(f"{layout.byteorder}{code}", read_bytes(fh, int(tag.valueoffset), size))[0])
+    field_at = int(tag.offset) + 4 + (4 if layout.entry_size == 12 else 8)
+    raw = read_bytes(fh, field_at, struct.calcsize(code))
+    return int(struct.unpack(f"{layout.byteorder}{code}", raw)[0])
 
 
 def _scrub_exif(fh: Source, layout: Layout, plan: EditPlan, offset: int, outcome: TiffOutcome) -> None:
     """Exif/GPS sub-IFDs: empty every ASCII entry (dates, owner and serial names)."""
     count = layout.entry_count(fh, offset)
     first = offset + layout.count_size
-    pointer = layout.pointer_format[-1]
-    entry = struct.Struct(f"{layout.byteorder}HH{pointer}")
+    width = "I" if layout.entry_size == 12 else "Q"  # count and value fields: 4 bytes, or 8 in BigTIFF
+    entry = struct.Struct(f"{layout.byteorder}HH{width}")
+    value = struct.Struct(f"{layout.byteorder}{width}")
     for number in range(count):
         at = first + number * layout.entry_size
         code, dtype, length = entry.unpack(read_bytes(fh, at, entry.size))
         if dtype != ASCII or length == 0:
             continue
-        inline = length <= layout.pointer_size
-        value_at = at + entry.size if inline else layout.read_pointer(fh, at + entry.size)
+        inline = length <= value.size
+        value_at = at + entry.size if inline else value.unpack(read_bytes(fh, at + entry.size, value.size))[0]
         raw = read_bytes(fh, value_at, length)
         if not is_blank(raw):
             plan.write(EditPlan.TEXT, value_at, blank(raw))
@@ -216,10 +224,27 @@ def _relink(fh: Source, layout: Layout, plan: EditPlan, chain: list[int]) -> Non
             plan.write(EditPlan.RELINK, at, layout.pack_pointer(target))
 
 
+def _zero_orphan_text(
+    fh: Source, layout: Layout, plan: EditPlan, page: tifffile.TiffPage, protected: Intervals
+) -> None:
+    """Before unlinking, a removed page's text values (its description among them) become zeros, so
+    even a process dying right after the unlink leaves no PHI in the orphaned IFD. Its numeric
+    values (strip offsets) stay until then: a re-run must still find the page's image bytes."""
+    span = layout.ifd_span(fh, page.offset)
+    for tag in page.tags.values():
+        if tag.dtype not in TEXT_TYPES or tag.valuebytecount == 0:
+            continue
+        start = int(tag.valueoffset)
+        end = start + int(tag.valuebytecount)
+        inline = span[0] <= start < span[1]
+        if inline or not protected.overlaps(start, end):
+            plan.zero(EditPlan.TEXT, start, end - start)
+
+
 def _zero_orphan(
     fh: Source, layout: Layout, plan: EditPlan, page: tifffile.TiffPage, protected: Intervals
 ) -> None:
-    """Once unlinked, a removed page's IFD and values (its description among them) become zeros."""
+    """Once unlinked, a removed page's IFD block and remaining values become zeros."""
     span = layout.ifd_span(fh, page.offset)
     ranges = [span]
     for tag in page.tags.values():

@@ -20,7 +20,10 @@ from typing import BinaryIO, Protocol
 import numpy as np
 import tifffile
 
+from workers.deidentify.errors import UnsupportedSlideFormat
+
 ASCII, BYTE, UNDEFINED, SBYTE = 2, 1, 7, 6
+TEXT_TYPES = frozenset({ASCII, BYTE, UNDEFINED, SBYTE})  # tag types that can carry words
 _ZERO_BLOCK = 1 << 20
 
 
@@ -115,8 +118,12 @@ class Intervals:
         )
 
 
-class GuardViolation(RuntimeError):
-    """A planned write would have changed bytes of a page we keep: a bug, never a slide property."""
+class GuardViolation(UnsupportedSlideFormat):
+    """A planned write would change bytes of the tissue image (a file whose parts overlap): refuse
+    rather than risk the pixels the analysis depends on."""
+
+    def __init__(self) -> None:
+        super().__init__("TIFF whose image data overlaps its other parts")
 
 
 @dataclass
@@ -138,7 +145,7 @@ class EditPlan:
 
     def _check(self, start: int, end: int) -> None:
         if self.pixels.overlaps(start, end):
-            raise GuardViolation(f"planned write [{start}, {end}) overlaps kept image data")
+            raise GuardViolation()
 
     def apply(self, path: Path) -> None:
         """No fsync: ordering protects against a crashed process; after a power loss the stage starts over."""

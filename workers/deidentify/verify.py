@@ -20,9 +20,8 @@ from workers.deidentify.errors import DeidentificationFailed, UnsupportedSlideFo
 from workers.deidentify.matching import IdentifierMatcher
 from workers.deidentify.pages import associated_kind, carries_slide_metadata
 from workers.deidentify.tiff import open_tiff, top_pages
-from workers.deidentify.tiffio import ASCII, BYTE, SBYTE, UNDEFINED, data_ranges, iter_subpages, read_bytes
+from workers.deidentify.tiffio import TEXT_TYPES, data_ranges, iter_subpages, read_bytes
 
-_TEXT_TYPES = frozenset({ASCII, BYTE, SBYTE, UNDEFINED})
 _LARGEST_TEXT = 64 << 20
 _ZERO_CHECK_BLOCK = 1 << 20
 
@@ -72,7 +71,7 @@ def _verify_tags(
     for tag in page.tags.values():
         if tag.code in (34665, 34853):  # Exif / GPS: tifffile has already parsed them into a dict
             raw = repr(tag.value).encode("utf-8", "replace")
-        elif tag.dtype in _TEXT_TYPES and tag.valuebytecount <= _LARGEST_TEXT:
+        elif tag.dtype in TEXT_TYPES and tag.valuebytecount <= _LARGEST_TEXT:
             raw = read_bytes(tif.filehandle, int(tag.valueoffset), int(tag.valuebytecount))
         else:
             continue

@@ -8,7 +8,6 @@ stored — the audit trail records field *names* only.
 from __future__ import annotations
 
 import hashlib
-import shutil
 from pathlib import Path
 
 from workers.context import PipelineContext
@@ -32,30 +31,40 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _inputs(ctx: PipelineContext, record: RunRecord) -> list[Path]:
+    """The files to de-identify: the staged download, or what an interrupted attempt left in `outgoing`.
+
+    De-identification moves the staged files and edits them in place, in an order that is safe to
+    repeat, so a crash mid-edit is finished by running it again on its own output. When neither is
+    on this node's disk (the run resumed on another pod) the slide is fetched again.
+    """
+    folder = staged_dir(ctx, record.run_id)
+    names = [entry["name"] for entry in record.staged_files]
+    if names and all((folder / name).is_file() for name in names):
+        return [folder / name for name in names]
+    out = outgoing_dir(ctx, record.run_id)
+    leftovers = sorted(p for p in out.iterdir() if p.is_file()) if out.is_dir() else []
+    if leftovers:
+        return leftovers
+    fetch.run(ctx, record.model_copy(update={"staged_files": []}))
+    record = ctx.store.require(record.run_id)
+    return [folder / entry["name"] for entry in record.staged_files]
+
+
 def run(ctx: PipelineContext, record: RunRecord) -> None:
     app = ctx.app(record)
-    folder = staged_dir(ctx, record.run_id)
-    if not all((folder / entry["name"]).is_file() for entry in record.staged_files):
-        # Resumed on another node (the staging volume is per pod): fetch the slide again.
-        fetch.run(ctx, record.model_copy(update={"staged_files": []}))
-        record = ctx.store.require(record.run_id)
     original_names = [entry["name"] for entry in record.staged_files]
+    inputs = _inputs(ctx, record)
     out = outgoing_dir(ctx, record.run_id)
-    # A crash mid-edit leaves a half-edited copy: start again from the staged original.
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    copies = []
-    for name in original_names:
-        target = out / name
-        shutil.copyfile(folder / name, target)
-        copies.append(target)
-    files, report = deidentify_slide(copies, run_id=record.run_id, out_dir=out, enabled=app.deidentify)
+    files, report = deidentify_slide(inputs, run_id=record.run_id, out_dir=out, enabled=app.deidentify)
     if app.deidentify:
         with ctx.sectra(record) as sectra:
             metadata = sectra.get_image_metadata(record.slide_id, extended=True, phi=True)
         verify_deidentified(files, identifiers=identifiers_from_metadata(metadata, original_names))
         del metadata
-    outgoing = [{"name": f.name, "size": f.stat().st_size, "sha256": sha256_of(f)} for f in files]
+    outgoing = [
+        {"name": f.relative_to(out).as_posix(), "size": f.stat().st_size, "sha256": sha256_of(f)} for f in files
+    ]
     ctx.store.update(
         record.run_id,
         outgoing_files=outgoing,
