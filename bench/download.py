@@ -6,8 +6,10 @@ round downloads it once with `curl -o` and once with ours, alternating, each in
 its own process so neither shares the server's interpreter; peak RSS comes from
 the child's rusage (`wait4`), and for ours the growth over the RSS it had just
 before the download. Figures are ratios against curl measured in this run, so
-they hold on a busy machine too. `--with-upstream` adds `sectra_client`'s
-`SectraClient.download_slide_files` (it holds the whole body: ~4 GB for 1 GiB).
+they hold on a busy machine too. `ours-httpx` is the same adapter on httpx's
+own transport, to show why the adapter defaults to its urllib3 transport.
+`--with-upstream` adds `sectra_client`'s `SectraClient.download_slide_files`
+(it holds the whole body: ~4 GB for 1 GiB).
 
     .venv/bin/python bench/download.py [--size-mib 1024] [--rounds 3] [--with-upstream]
 
@@ -40,7 +42,7 @@ MIB = 1024 * 1024
 _CHILD = r"""
 import json, sys, time
 from pathlib import Path
-mode, url, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+mode, url, out, token, slide = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4], sys.argv[5]
 
 def hwm_kib():
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -49,19 +51,19 @@ def hwm_kib():
 
 if mode == "upstream":
     import sectra_client.client as upstream
-    client = upstream.SectraClient(url, "{token}", _allow_http=True)
+    client = upstream.SectraClient(url, token, _allow_http=True)
 else:
     import httpx
     from sectra_adapter.client import SectraAdapter
     transport = httpx.HTTPTransport() if mode == "ours-httpx" else None
-    client = SectraAdapter(url, "{token}", allow_http=True, max_retries=0, transport=transport)
+    client = SectraAdapter(url, token, allow_http=True, max_retries=0, transport=transport)
 before = hwm_kib()
 start = time.perf_counter()
-paths = client.download_slide_files("{slide}", out)
+paths = client.download_slide_files(slide, out)
 seconds = time.perf_counter() - start
-print(json.dumps({{"seconds": seconds, "rss_before_kib": before, "rss_peak_kib": hwm_kib(),
-                  "files": [str(p) for p in paths]}}))
-""".format(token=TOKEN, slide=SLIDE)
+print(json.dumps({"seconds": seconds, "rss_before_kib": before, "rss_peak_kib": hwm_kib(),
+                  "files": [str(p) for p in paths]}))
+"""
 
 
 def make_slide(path: Path, size: int) -> str:
@@ -90,8 +92,16 @@ def run_curl(url: str, out: Path) -> dict[str, float]:
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     proc = subprocess.Popen(
-        ["curl", "-sS", "--fail", "-o", str(out / "body"), "-H", f"Authorization: Bearer {TOKEN}",
-         f"{url}/slides/{SLIDE}/files"]
+        [
+            "curl",
+            "-sS",
+            "--fail",
+            "-o",
+            str(out / "body"),
+            "-H",
+            f"Authorization: Bearer {TOKEN}",
+            f"{url}/slides/{SLIDE}/files",
+        ]
     )
     peak_kib = 0
     while proc.poll() is None:  # VmHWM only grows, so the last reading is (nearly) the peak
@@ -108,7 +118,11 @@ def run_curl(url: str, out: Path) -> dict[str, float]:
 def run_python(mode: str, url: str, out: Path, expected_sha: str) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
-        [sys.executable, "-c", _CHILD, mode, url, str(out)], env=env, capture_output=True, text=True, check=False
+        [sys.executable, "-c", _CHILD, mode, url, str(out), TOKEN, SLIDE],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if proc.returncode:
         raise SystemExit(f"{mode} download failed:\n{proc.stderr[-2000:]}")
@@ -124,7 +138,9 @@ def run_python(mode: str, url: str, out: Path, expected_sha: str) -> dict[str, f
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--with-upstream", action="store_true")
@@ -171,7 +187,10 @@ def main() -> None:
     ours_growth = max(r["rss_growth_mib"] for r in results["ours"])
     ratio = best["curl"] / best["ours"]
     verdict = "PASS" if ratio >= 0.8 and ours_growth < 64 else "MISS"
-    print(f"targets (>= 0.8 x curl, < 64 MiB growth): {verdict} ({ratio:.2f} x, {ours_growth:.1f} MiB)", file=report)
+    print(
+        f"targets (>= 0.8 x curl, < 64 MiB growth): {verdict} ({ratio:.2f} x, {ours_growth:.1f} MiB)",
+        file=report,
+    )
 
 
 if __name__ == "__main__":

@@ -32,12 +32,6 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from strand_client.testing.zarr_results import (  # noqa: E402
-    results_files_app,
-    serve_app,
-    write_results,
-)
-
 API_KEY = "sk-strand-bench"
 MARKER = "CD8"
 JOB_ID = "bench-job"
@@ -61,7 +55,7 @@ print(json.dumps({"wall": wall, "rss": resource.getrusage(resource.RUSAGE_SELF).
 
 
 def child(mode: str, url: str, size: int) -> None:
-    """Runs in a fresh interpreter so its peak RSS is its own."""
+    """Runs in a fresh interpreter so its peak RSS is its own (it imports only what a worker would)."""
     import resource
 
     from strand_client.results import JobResults
@@ -88,6 +82,8 @@ def child(mode: str, url: str, size: int) -> None:
 
 
 def ensure_map(workdir: Path, size: int) -> Path:
+    from strand_client.testing.zarr_results import write_results
+
     target = workdir / f"map-{size}"
     done = target / ".complete"
     if not done.exists():
@@ -158,6 +154,8 @@ def main() -> None:
     if args.child:
         child(args.child, args.url, args.size)
         return
+
+    from strand_client.testing.zarr_results import results_files_app, serve_app
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     data = ensure_map(args.workdir, args.size)

@@ -12,7 +12,7 @@ import queue
 import threading
 from collections.abc import Callable
 
-_STOP = object()
+_STOP = memoryview(b"")  # identity-compared sentinel
 
 
 class BackgroundConsumer:
@@ -26,7 +26,7 @@ class BackgroundConsumer:
         self, consume: Callable[[memoryview], object], depth: int = 8, name: str = "consumer"
     ) -> None:
         self._consume = consume
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
+        self._queue: queue.Queue[memoryview] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -47,6 +47,6 @@ class BackgroundConsumer:
         while (item := self._queue.get()) is not _STOP:
             if self._error is None:
                 try:
-                    self._consume(item)  # type: ignore[arg-type]
+                    self._consume(item)
                 except BaseException as exc:  # handed to the submitting thread
                     self._error = exc

@@ -98,10 +98,10 @@ def _mapped_errors() -> Iterator[None]:
     """
     try:
         yield
+    except (NewConnectionError, SSLError) as exc:  # before ConnectTimeoutError, its base class
+        raise httpx.ConnectError(str(exc)) from exc
     except ConnectTimeoutError as exc:
         raise httpx.ConnectTimeout(str(exc)) from exc
-    except (NewConnectionError, SSLError) as exc:
-        raise httpx.ConnectError(str(exc)) from exc
     except ReadTimeoutError as exc:
         raise httpx.ReadTimeout(str(exc)) from exc
     except EmptyPoolError as exc:

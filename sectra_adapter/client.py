@@ -7,10 +7,13 @@ idempotent calls (GET, PUT) are retried on connection errors, timeouts, 5xx
 and 429 with backoff, jitter and `Retry-After`; a POST is retried only when it
 provably never reached the server; redirects are never followed; and an expired
 token is replaced once through `/token` when client credentials are configured.
+Underneath httpx's API the bytes move over urllib3 by default (`_transport`),
+which is what lets a slide download keep pace with curl.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import threading
@@ -19,6 +22,7 @@ from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from sectra_client.schemas import (
@@ -131,7 +135,7 @@ class SectraAdapter:
             params["scope"] = "extended"
         if phi:
             params["includePHI"] = "true"
-        return ImageMetadata.model_validate(self._get_json(f"/slides/{slide_id}/info", params))
+        return ImageMetadata.model_validate(self._get_json(f"/slides/{_seg(slide_id)}/info", params))
 
     def download_slide(
         self, slide_id: str, output_dir: Path | str, progress: ProgressCallback | None = None
@@ -142,7 +146,7 @@ class SectraAdapter:
         retried from the start (it is idempotent) after removing what it wrote;
         `progress(bytes_received, total_or_None)` is called every few MiB.
         """
-        path = f"/slides/{slide_id}/files"
+        path = f"/slides/{_seg(slide_id)}/files"
         attempt = 0
         while True:
             response = self._send("GET", path, idempotent=True, stream=True, accept="*/*")
@@ -167,12 +171,14 @@ class SectraAdapter:
                 ) from failure
             self._pause(attempt, None, f"GET {path}", _describe(failure))
 
-    def download_slide_files(self, slide_id: str, output_dir: Path | str) -> list[Path]:
+    def download_slide_files(
+        self, slide_id: str, output_dir: Path | str, progress: ProgressCallback | None = None
+    ) -> list[Path]:
         """`sectra_client`-compatible: the paths of the downloaded files."""
-        return [f.path for f in self.download_slide(slide_id, output_dir)]
+        return [f.path for f in self.download_slide(slide_id, output_dir, progress)]
 
     def set_quality_control(self, slide_id: str, quality_control: QualityControl) -> None:
-        path = f"/slides/{slide_id}/qualityControl"
+        path = f"/slides/{_seg(slide_id)}/qualityControl"
         response = self._send("PUT", path, json_body=quality_control.model_dump(mode="json"), idempotent=True)
         self._check(response, path, ok=(200, 204))
 
@@ -181,26 +187,29 @@ class SectraAdapter:
     def create_results(self, app_id: str, result: Result) -> ResultResponse:
         """POST a new result. Not retried once it may have reached Sectra (a retry could store a
         second result); the caller reconciles with `get_all_results` instead."""
-        path = f"/applications/{app_id}/results"
+        path = f"/applications/{_seg(app_id)}/results"
         response = self._send("POST", path, json_body=result.model_dump(mode="json"), idempotent=False)
         self._check(response, path, ok=(200, 201))
-        return ResultResponse.model_validate(response.json())
+        return ResultResponse.model_validate(_json(response, path))
 
     def update_results(self, app_id: str, result_id: int, result: AdaptedResult) -> ResultResponse:
         """PUT a new version. Raises `SectraVersionConflict` when `result.versionId` is not current
         (which includes a retried PUT whose first attempt did land)."""
-        path = f"/applications/{app_id}/results/{result_id}"
+        path = f"/applications/{_seg(app_id)}/results/{int(result_id)}"
         response = self._send("PUT", path, json_body=result.model_dump(mode="json"), idempotent=True)
         self._check(response, path, ok=(200,))
-        return ResultResponse.model_validate(response.json())
+        return ResultResponse.model_validate(_json(response, path))
 
     def get_result(self, app_id: str, result_id: int) -> ResultResponse:
-        return ResultResponse.model_validate(self._get_json(f"/applications/{app_id}/results/{result_id}"))
+        return ResultResponse.model_validate(
+            self._get_json(f"/applications/{_seg(app_id)}/results/{int(result_id)}")
+        )
 
     def get_all_results(self, slide_id: str, app_id: str) -> list[ResultResponse]:
-        payload = self._get_json(f"/applications/{app_id}/results/slide/{slide_id}")
+        path = f"/applications/{_seg(app_id)}/results/slide/{_seg(slide_id)}"
+        payload = self._get_json(path)
         if not isinstance(payload, list):
-            raise SectraRequestFailed(200, f"/applications/{app_id}/results/slide/…", "expected a JSON list")
+            raise SectraRequestFailed(200, path, "expected a JSON list")
         return [ResultResponse.model_validate(item) for item in payload]
 
     # ---- transport ------------------------------------------------------------------------
@@ -208,10 +217,7 @@ class SectraAdapter:
     def _get_json(self, path: str, params: Mapping[str, str] | None = None) -> Any:
         response = self._send("GET", path, params=params, idempotent=True)
         self._check(response, path, ok=(200,))
-        try:
-            return response.json()
-        except ValueError as exc:
-            raise SectraRequestFailed(response.status_code, path, "the answer is not JSON") from exc
+        return _json(response, path)
 
     def _send(
         self,
@@ -221,23 +227,26 @@ class SectraAdapter:
         idempotent: bool,
         params: Mapping[str, str] | None = None,
         json_body: Any = None,
+        form: Mapping[str, str] | None = None,
         stream: bool = False,
         accept: str | None = None,
+        basic_auth: tuple[str, str] | None = None,
     ) -> httpx.Response:
         """Send with retries; returns the first response that is not retried (any status).
 
-        A 401 triggers one token refresh and one resend, whatever the method: a
-        request refused as unauthenticated was not acted upon.
+        With the bearer token (the default), a 401 triggers one token refresh and
+        one resend, whatever the method: a request refused as unauthenticated was
+        not acted upon. With `basic_auth` (the token request itself) a 401 is returned.
         """
         attempt = 0
         refreshed = False
         while True:
             token = self._token
-            headers = {"Authorization": f"Bearer {token}"}
+            headers = {"Authorization": _basic(*basic_auth) if basic_auth else f"Bearer {token}"}
             if accept is not None:
                 headers.update({"Accept": accept, "Accept-Encoding": "identity"})
             request = self._client.build_request(
-                method, self.base_url + path, params=params, json=json_body, headers=headers
+                method, self.base_url + path, params=params, json=json_body, data=form, headers=headers
             )
             retry_after: float | None = None
             try:
@@ -252,7 +261,7 @@ class SectraAdapter:
                     ) from exc
                 reason = _describe(exc)
             else:
-                if response.status_code == 401:
+                if response.status_code == 401 and not basic_auth:
                     response.close()
                     if refreshed:
                         raise SectraAuthError(
@@ -312,11 +321,19 @@ class SectraAdapter:
                     "which this adapter was not given"
                 )
             path = "/token"
-            response = self._send_token_request(credentials)
+            # Idempotent in effect: an extra token issued by a retry changes nothing.
+            response = self._send(
+                "POST",
+                path,
+                idempotent=True,
+                params={"applicationId": credentials.application_id},
+                form={"grant_type": "client_credentials"},
+                basic_auth=(credentials.client_id, credentials.client_secret),
+            )
             if response.status_code in (400, 401, 403):
                 raise SectraAuthError(
                     f"Sectra refused the client credentials ({response.status_code} on {path}): "
-                    f"check SECTRA_CLIENT_ID and SECTRA_CLIENT_SECRET"
+                    "check SECTRA_CLIENT_ID and SECTRA_CLIENT_SECRET"
                 )
             self._check(response, path, ok=(200, 201))
             grant = parse_grant(_json_or_none(response))
@@ -324,30 +341,6 @@ class SectraAdapter:
                 raise SectraAuthError(f"Sectra's answer to {path} carries no accessToken")
             self._token = grant.accessToken
             logger.info("obtained a new Sectra token", extra={"expires_in_s": grant.expiresIn})
-
-    def _send_token_request(self, credentials: ClientCredentials) -> httpx.Response:
-        """POST /token, retried like an idempotent call: issuing an extra token changes nothing."""
-        attempt = 0
-        while True:
-            retry_after: float | None = None
-            try:
-                response = self._client.post(
-                    self.base_url + "/token",
-                    params={"applicationId": credentials.application_id},
-                    data={"grant_type": "client_credentials"},
-                    auth=(credentials.client_id, credentials.client_secret),
-                )
-            except httpx.TransportError as exc:
-                reason = _describe(exc)
-            else:
-                if response.status_code not in RETRYABLE_STATUS or attempt >= self._backoff.max_retries:
-                    return response
-                retry_after = parse_retry_after(response.headers.get("retry-after"))
-                reason = f"status {response.status_code}"
-            attempt += 1
-            if attempt > self._backoff.max_retries:
-                raise SectraUnavailable(f"Sectra did not answer POST /token in {attempt} attempts ({reason})")
-            self._pause(attempt, retry_after, "POST /token", reason)
 
 
 def _describe(exc: BaseException) -> str:
@@ -381,3 +374,20 @@ def _json_or_none(response: httpx.Response) -> object:
         return response.json()
     except ValueError:
         return None
+
+
+def _json(response: httpx.Response, path: str) -> Any:
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise SectraRequestFailed(response.status_code, path, "the answer is not JSON") from exc
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+
+
+def _seg(value: str) -> str:
+    """One URL path segment: ids come from invocations, so `/`, `..` or `?` must not reshape the path."""
+    segment = quote(value, safe="")
+    return segment.replace(".", "%2E") if segment in {".", ".."} else segment

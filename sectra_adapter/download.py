@@ -8,7 +8,6 @@ DICOM instances is as useless as a partial file.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -58,20 +57,25 @@ class _OpenFile:
 
     def finish(self) -> None:
         """Flush everything to the `.part` file and move it to its final name."""
-        try:
-            self._writer.close()
-            self._hashing.close()
-        finally:
-            os.close(self._fd)
+        error = self._stop_workers()
+        if error is not None:
+            raise error
         os.replace(self.temp, self.final)
 
     def abort(self) -> None:
-        with contextlib.suppress(BaseException):
-            self._writer.close()
-        with contextlib.suppress(BaseException):
-            self._hashing.close()
-        os.close(self._fd)
+        self._stop_workers()
         self.temp.unlink(missing_ok=True)
+
+    def _stop_workers(self) -> BaseException | None:
+        """Wait for both threads (never leave one blocked) and close the file; the first error, if any."""
+        errors: list[BaseException] = []
+        for worker in (self._writer, self._hashing):
+            try:
+                worker.close()
+            except BaseException as exc:  # returned to the caller, who raises or discards it
+                errors.append(exc)
+        os.close(self._fd)
+        return errors[0] if errors else None
 
     def _write_all(self, data: memoryview) -> None:
         while data:

@@ -30,7 +30,9 @@ def filename_from_disposition(value: str | None) -> str | None:
         return None
     message = Message()
     message["content-disposition"] = value
-    candidates = [v for k, v in message.get_params([], header="content-disposition") if k.lower() == "filename"]
+    candidates = [
+        v for k, v in message.get_params([], header="content-disposition") if k.lower() == "filename"
+    ]
     candidates.sort(key=lambda v: not isinstance(v, tuple))  # encoded (filename*) values first
     name = collapse_rfc2231_value(candidates[0]) if candidates else ""
     return name or None

@@ -12,7 +12,6 @@ from typing import TypeAlias
 
 from fastapi import Request
 from pydantic import TypeAdapter, ValidationError
-from starlette.requests import ClientDisconnect
 from sectra_client.schemas import (
     Action,
     CancelInvocation,
@@ -22,6 +21,7 @@ from sectra_client.schemas import (
     ModifyInvocation,
     NewImageFilesInvocation,
 )
+from starlette.requests import ClientDisconnect
 
 from service.errors import ApiError, describe_validation_errors
 

@@ -23,8 +23,10 @@ class Client:
 
     `api_key` and `base_url` default to `STRAND_API_KEY` and `STRAND_BASE_URL`.
     `timeout` bounds every network operation (connect, each read, each write);
-    `max_retries` bounds the repeats of idempotent requests. `transport` is for
-    tests and unusual networks. The key never appears in a repr or a log line.
+    `max_retries` bounds the repeats of idempotent requests. `transport` (for
+    tests and unusual networks) carries API calls and upload chunks; result
+    stores are read through their own async pool. The key never appears in a
+    repr or a log line, and is only sent to `{base_url}/api/v1/...`.
     """
 
     def __init__(

@@ -75,10 +75,11 @@ class MarkerMap:
     """One marker at one pyramid level, seen as a 2-D map (leading axes of length 1 are squeezed).
 
     `scale_to_slide` is how many level-0 slide pixels one map pixel spans, as the
-    store's `coordinateTransformations` state it (None when they do not; then
-    deriving it from the root `strand.micronsPerPixel`, via `downsample`, or
-    from slide size / map size is the caller's job). `value_max` is what a stored
-    value is divided by to get expression in [0, 1].
+    store's `coordinateTransformations` state it (their x factor; map pixels are
+    taken to be square). When the store does not say, deriving it from the root
+    `strand.micronsPerPixel` (times `downsample`, this level's size relative to
+    level 0) or from slide size / map size is the caller's job. `value_max` is
+    what a stored value is divided by to get expression in [0, 1].
     """
 
     name: str
@@ -162,9 +163,9 @@ class MarkerMap:
                     pending.append(pool.submit(self._block, *window))
                 while pending:
                     block = pending.popleft().result()
-                    window = next(todo, None)
-                    if window is not None:
-                        pending.append(pool.submit(self._block, *window))
+                    following = next(todo, None)
+                    if following is not None:
+                        pending.append(pool.submit(self._block, *following))
                     yield block
             finally:
                 for future in pending:
@@ -261,11 +262,7 @@ class JobResults:
         for those this is empty: open the job's markers by name instead.
         """
         refs: list[DatasetRef] = []
-        for entry in multiscales(self.root_attributes()):
-            name = entry_name(entry)
-            if name is None or name == HE_NAME or name.lower() == TISSUE_NAME:
-                continue
-            levels = entry_datasets(entry, name=name)
+        for name, levels in self._manifest_markers().items():
             if levels:
                 refs.append(levels[0])
             else:
@@ -293,7 +290,7 @@ class JobResults:
         """
         ref = self._find(name, level)
         if ref is None:
-            listed = ", ".join(self.marker_names()) or "none"
+            listed = ", ".join(self._manifest_markers()) or "none"
             raise ResultsError(
                 f"Marker {name} is not in these results (markers listed: {listed})", marker=name
             )
@@ -444,6 +441,15 @@ class JobResults:
         )
 
     # ---------- internals ----------
+
+    def _manifest_markers(self) -> dict[str, list[DatasetRef]]:
+        """Marker entries of the root manifest (not H&E, not the tissue mask), in manifest order."""
+        markers: dict[str, list[DatasetRef]] = {}
+        for entry in multiscales(self.root_attributes()):
+            name = entry_name(entry)
+            if name is not None and name != HE_NAME and name.lower() != TISSUE_NAME:
+                markers[name] = entry_datasets(entry, name=name)
+        return markers
 
     def _find(self, name: str, level: int) -> DatasetRef | None:
         """Where `name` at `level` lives: the root manifest, else a node of that name (flat, OME group)."""

@@ -1,4 +1,4 @@
-"""Result stores of finished fake jobs, built once per job from helper fixtures with known ground truth."""
+"""Result stores of finished fake jobs, built once per job by `zarr_results.build_results` (known truth)."""
 
 from __future__ import annotations
 

@@ -44,7 +44,7 @@ class _QuietDrops(logging.Filter):
         return True
 
 
-logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
+_QUIET_DROPS = _QuietDrops()
 
 
 class FakeStrandServer:
@@ -143,6 +143,7 @@ class FakeStrandServer:
         self.close()
 
     def _config(self) -> uvicorn.Config:
+        logging.getLogger("uvicorn.error").addFilter(_QUIET_DROPS)  # adding the same filter twice is a no-op
         app = build_app(self._state, self.faults, self._results, self.api_key, self._closing)
         return uvicorn.Config(
             app,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import secrets
 import threading
 import time
 import uuid
@@ -222,7 +223,7 @@ class FakeState:
                 created_at=_now(),
             )
             upload.path.touch()
-            session = Session(uuid.uuid4().hex + uuid.uuid4().hex, upload_id)
+            session = Session(secrets.token_urlsafe(32), upload_id)
             if sha256 is not None:
                 session.hasher = hashlib.sha256()
             self.uploads[upload_id] = upload

@@ -388,3 +388,23 @@ def test_logs_and_errors_never_carry_the_token(
     assert failed.value.status_code == 400
     assert secret not in str(failed.value) and "Bearer ***" in str(failed.value)
     assert secret not in caplog.text and all(secret not in str(r.__dict__) for r in caplog.records)
+
+
+def test_ids_from_invocations_cannot_reshape_the_path(serve_asgi: Callable[..., str]) -> None:
+    app = FastAPI()
+    app.state.raw_paths = []
+
+    @app.api_route("/{path:path}", methods=["GET"])
+    def anything(path: str, request: Request) -> Response:
+        app.state.raw_paths.append(request.scope["raw_path"])
+        return JSONResponse({"message": "no such slide"}, status_code=404)
+
+    sectra = SectraAdapter(serve_asgi(app), "t", allow_http=True)
+    with sectra:
+        for slide_id in ("../../applications/x/results?y=1", ".."):
+            with pytest.raises(SectraRequestFailed):
+                sectra.get_image_metadata(slide_id)
+    assert app.state.raw_paths == [
+        b"/slides/..%2F..%2Fapplications%2Fx%2Fresults%3Fy%3D1/info",
+        b"/slides/%2E%2E/info",
+    ]

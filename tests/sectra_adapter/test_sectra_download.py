@@ -323,3 +323,36 @@ def test_memory_stays_flat_for_a_large_slide(
     assert report["size"] == 256 * 1024 * 1024
     assert report["sha256"] == digest.hexdigest()
     assert report["growth"] < 64 * 1024 * 1024
+
+
+_FULL_DISK_CHILD = """
+import json, resource, signal, sys
+from pathlib import Path
+from sectra_adapter.client import SectraAdapter
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit now fail with EFBIG, like a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (1024 * 1024, 1024 * 1024))
+out = Path(sys.argv[3])
+try:
+    SectraAdapter(sys.argv[1], sys.argv[2], allow_http=True).download_slide("s-full", out)
+except OSError as exc:
+    print(json.dumps({"error": exc.errno, "left": sorted(p.name for p in out.iterdir())}))
+"""
+
+
+def test_a_failing_disk_write_surfaces_and_leaves_nothing(
+    mock_sectra: MockSectraServer, token: str, tmp_path: Path
+) -> None:
+    (tmp_path / "small.svs").write_bytes(b"s" * 1000)
+    (tmp_path / "large.svs").write_bytes(os.urandom(3 * 1024 * 1024))
+    mock_sectra.add_slide_files("s-full", [tmp_path / "small.svs", tmp_path / "large.svs"])
+    proc = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK_CHILD, mock_sectra.url, token, str(tmp_path / "out")],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report == {"error": 27, "left": []}  # EFBIG, and neither file (nor a `.part`) remains

@@ -59,11 +59,14 @@ class Recorder:
         scripted = self.failures.get(key)
         if scripted:
             status, extra = scripted.pop(0)
-            await send({
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(b"content-length", b"0")] + [(k.encode(), v.encode()) for k, v in extra.items()],
-            })
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [(b"content-length", b"0")]
+                    + [(k.encode(), v.encode()) for k, v in extra.items()],
+                }
+            )
             await send({"type": "http.response.body", "body": b""})
             return
         self.active += 1
@@ -117,7 +120,9 @@ def assert_same_map(got: np.ndarray, truth: np.ndarray, value_max: float = 1.0) 
     assert np.array_equal(values[inside], truth[inside])
 
 
-@pytest.mark.parametrize(("layout", "ndim"), [(layout, 3) for layout in LAYOUTS] + [("flat", 2), ("sharded", 2)])
+@pytest.mark.parametrize(
+    ("layout", "ndim"), [(layout, 3) for layout in LAYOUTS] + [("flat", 2), ("sharded", 2)]
+)
 def test_every_layout_reads_back_exactly(layout: str, ndim: int) -> None:
     fixture = small(layout, ndim=ndim)
     with served(fixture) as (results, _):
@@ -158,7 +163,9 @@ def test_platform_default_geometry_is_256_chunks_packed_8_by_8() -> None:
     fixture = build_results(["CD8"], 40, 50)
     codec = json.loads(fixture.files["markers/CD8/0/zarr.json"])["codecs"][0]
     assert codec["configuration"]["chunk_shape"] == [1, 256, 256]
-    assert json.loads(fixture.files["markers/CD8/0/zarr.json"])["chunk_grid"]["configuration"]["chunk_shape"] == [
+    assert json.loads(fixture.files["markers/CD8/0/zarr.json"])["chunk_grid"]["configuration"][
+        "chunk_shape"
+    ] == [
         1,
         2048,
         2048,
@@ -190,7 +197,10 @@ def test_a_manifest_naming_a_missing_level_fails_only_that_level() -> None:
 
 
 def test_unknown_marker_is_a_clear_error() -> None:
-    with served(small()) as (results, _), pytest.raises(ResultsError, match=r"Marker CD3 is not in .*CD8, PanCK"):
+    with (
+        served(small()) as (results, _),
+        pytest.raises(ResultsError, match=r"Marker CD3 is not in .*CD8, PanCK"),
+    ):
         results.open_marker("CD3")
 
 
@@ -267,8 +277,9 @@ def test_an_unreachable_server_is_a_connection_error_after_retries() -> None:
         port = sock.getsockname()[1]
     policy = RetryPolicy(max_retries=1, base_delay=0.01)
     with (
-        JobResults(api_root=f"http://127.0.0.1:{port}/api/v1", api_key=API_KEY, job_id="j", retry_policy=policy)
-        as results,
+        JobResults(
+            api_root=f"http://127.0.0.1:{port}/api/v1", api_key=API_KEY, job_id="j", retry_policy=policy
+        ) as results,
         pytest.raises(StrandConnectionError, match=r"zarr.json .* 2 attempts"),
     ):
         results.root_attributes()
@@ -293,7 +304,9 @@ def test_blocks_cover_the_map_once_in_storage_aligned_windows() -> None:
         for block in marker_map.blocks(block_bytes=256 * 256 * 4, in_flight=2):
             h, w = block.values.shape
             seen[block.y0 : block.y0 + h, block.x0 : block.x0 + w] += 1
-            assert_same_map(block.values, fixture.truth["CD8"][block.y0 : block.y0 + h, block.x0 : block.x0 + w])
+            assert_same_map(
+                block.values, fixture.truth["CD8"][block.y0 : block.y0 + h, block.x0 : block.x0 + w]
+            )
         assert (seen == 1).all()
 
 
@@ -342,7 +355,9 @@ def test_anndata_has_one_observation_per_tissue_pixel() -> None:
     assert adata.uns["strand"]["map_shape"] == [150, 260]
 
 
-def test_the_fake_strand_server_serves_a_store_the_reader_reads(fake: Any, client: Any, tiff_slide: Path) -> None:
+def test_the_fake_strand_server_serves_a_store_the_reader_reads(
+    fake: Any, client: Any, tiff_slide: Path
+) -> None:
     upload = client.uploads.upload_file(tiff_slide)
     job = client.predict.submit(upload.id, markers=["CD8", "PanCK"])
     assert job.wait(timeout=60).status == "completed"

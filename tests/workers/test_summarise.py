@@ -41,7 +41,9 @@ def served(fixture: ResultsFixture) -> Iterator[JobResults]:
         yield results
 
 
-def make(layout: str = "sharded", markers: tuple[str, ...] = ("CD8", "Ki67"), **kwargs: Any) -> ResultsFixture:
+def make(
+    layout: str = "sharded", markers: tuple[str, ...] = ("CD8", "Ki67"), **kwargs: Any
+) -> ResultsFixture:
     """300 x 520 maps in 128 x 128 shards (32-px chunks): many shards, some absent, cut edges."""
     kwargs.setdefault("chunk", 32)
     kwargs.setdefault("chunks_per_shard", 4)
@@ -214,12 +216,18 @@ def _drop_shard(fixture: ResultsFixture, marker: str, row: int, col: int, fill: 
     return truth
 
 
-@pytest.mark.parametrize(("dtype", "tissue_mode", "fill"), [("float32", "nan", math.nan), ("uint8", "node", 0.0)])
+@pytest.mark.parametrize(
+    ("dtype", "tissue_mode", "fill"), [("float32", "nan", math.nan), ("uint8", "node", 0.0)]
+)
 def test_absent_shards_count_as_fill_value(dtype: str, tissue_mode: str, fill: float) -> None:
     fixture = make(dtype=dtype, tissue_mode=tissue_mode)
     geometry: dict[str, Any] = {
-        "threshold": 0.4, "pixel_um": (SLIDE_MPP,) * 2, "scale": (1.0, 1.0), "window_um": 20.0, "slide": (520, 300)
-    }  # fmt: skip
+        "threshold": 0.4,
+        "pixel_um": (SLIDE_MPP,) * 2,
+        "scale": (1.0, 1.0),
+        "window_um": 20.0,
+        "slide": (520, 300),
+    }
     before = expected(fixture.truth["CD8"], **geometry)
     truth = _drop_shard(fixture, "CD8", 1, 1, fill)
     with served(fixture) as results:
@@ -232,7 +240,10 @@ def test_absent_shards_count_as_fill_value(dtype: str, tissue_mode: str, fill: f
             hotspot_window_um=20.0,
         )
     want = expected(truth, **geometry)
-    assert (want.tissue_area_mm2, want.positive_fraction) != (before.tissue_area_mm2, before.positive_fraction)
+    assert (want.tissue_area_mm2, want.positive_fraction) != (
+        before.tissue_area_mm2,
+        before.positive_fraction,
+    )
     assert_matches(got, want, exact_percentiles=dtype == "uint8")
 
 
@@ -248,7 +259,12 @@ def test_a_map_smaller_than_the_slide_uses_its_coordinate_transformations() -> N
             hotspot_window_um=40.0,
         )
     want = expected(
-        fixture.truth["Ki67"], threshold=0.5, pixel_um=(0.5, 0.5), scale=(2.0, 2.0), window_um=40.0, slide=(1040, 600)
+        fixture.truth["Ki67"],
+        threshold=0.5,
+        pixel_um=(0.5, 0.5),
+        scale=(2.0, 2.0),
+        window_um=40.0,
+        slide=(1040, 600),
     )
     assert_matches(got, want, exact_percentiles=False)
 
@@ -285,7 +301,12 @@ def test_scale_from_the_root_microns_per_pixel() -> None:
             hotspot_window_um=40.0,
         )  # fmt: skip
     want = expected(
-        fixture.truth["CD8"], threshold=0.5, pixel_um=(1.0, 1.0), scale=(4.0, 4.0), window_um=40.0, slide=(2080, 1200)
+        fixture.truth["CD8"],
+        threshold=0.5,
+        pixel_um=(1.0, 1.0),
+        scale=(4.0, 4.0),
+        window_um=40.0,
+        slide=(2080, 1200),
     )
     assert_matches(summaries[0], want, exact_percentiles=False)
 
@@ -302,7 +323,12 @@ def test_scale_from_slide_size_when_the_store_says_nothing() -> None:
             hotspot_window_um=30.0,
         )
     want = expected(
-        fixture.truth["CD8"], threshold=0.5, pixel_um=(0.75, 0.75), scale=(3.0, 3.0), window_um=30.0, slide=(1560, 900)
+        fixture.truth["CD8"],
+        threshold=0.5,
+        pixel_um=(0.75, 0.75),
+        scale=(3.0, 3.0),
+        window_um=30.0,
+        slide=(1560, 900),
     )
     assert_matches(got, want, exact_percentiles=False)
 
@@ -311,11 +337,17 @@ def test_unknown_slide_pixel_size_leaves_areas_unknown_but_keeps_the_rest() -> N
     fixture = make(markers=("CD8",))
     with served(fixture) as results:
         got = summarise_marker(
-            results.open_marker("CD8"), threshold=0.5, slide_width=520, slide_height=300, microns_per_pixel=0.0
+            results.open_marker("CD8"),
+            threshold=0.5,
+            slide_width=520,
+            slide_height=300,
+            microns_per_pixel=0.0,
         )
     assert math.isnan(got.positive_area_mm2) and math.isnan(got.tissue_area_mm2)
     truth = fixture.truth["CD8"]
-    assert got.positive_fraction == pytest.approx(np.nansum(truth >= 0.5) / np.count_nonzero(~np.isnan(truth)))
+    assert got.positive_fraction == pytest.approx(
+        np.nansum(truth >= 0.5) / np.count_nonzero(~np.isnan(truth))
+    )
 
 
 def test_missing_and_unreadable_markers_get_plain_reasons() -> None:
@@ -354,7 +386,11 @@ def test_threshold_outside_unit_interval_is_refused() -> None:
     fixture = make(markers=("CD8",))
     with served(fixture) as results, pytest.raises(ValueError, match="threshold"):
         summarise_marker(
-            results.open_marker("CD8"), threshold=1.5, slide_width=520, slide_height=300, microns_per_pixel=0.25
+            results.open_marker("CD8"),
+            threshold=1.5,
+            slide_width=520,
+            slide_height=300,
+            microns_per_pixel=0.25,
         )
 
 
@@ -375,11 +411,15 @@ def test_summary_of_a_job_on_the_fake_strand_server(tmp_path: Path) -> None:
         fixture = fake.results_fixture(job.id)
         with job.results() as results:
             summaries, missing = summarise_job(
-                results, ["CD8", "PanCK"], threshold=0.5, slide_width=960, slide_height=600, microns_per_pixel=0.5
+                results,
+                ["CD8", "PanCK"],
+                threshold=0.5,
+                slide_width=960,
+                slide_height=600,
+                microns_per_pixel=0.5,
             )
     assert missing == {}
-    height, width = fixture.truth["CD8"].shape
-    scale = 960 / width
+    scale = 960 / fixture.truth["CD8"].shape[1]
     for summary in summaries:
         want = expected(
             fixture.truth[summary.marker],
