@@ -126,6 +126,7 @@ class Job:
             job_id=self.id,
             timeout=self._http.timeout,
             max_retries=self._http.policy.max_retries,
+            retry_policy=self._http.policy,
             concurrency=concurrency,
         )
 

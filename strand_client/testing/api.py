@@ -172,7 +172,7 @@ def build_app(
             rejection = faults.take_submit_rejection()
             if rejection is not None and not rejection.after_create:
                 raise _rejection(rejection.status, rejection.retry_after)
-            job = _reserve(upload, markers, model, cost["estimatedCredits"])
+            job = reserve(upload, markers, model, cost["estimatedCredits"])
         except ApiError:
             if not body.dryRun:
                 with state.lock:
@@ -182,14 +182,12 @@ def build_app(
             raise _rejection(rejection.status, rejection.retry_after)
         return {"jobId": job.id, "reservedCredits": job.reserved_credits, "status": "queued", "model": model}
 
-    def _reserve(upload: UploadRecord, markers: tuple[str, ...], model: str, credits: int) -> JobRecord:
+    def reserve(upload: UploadRecord, markers: tuple[str, ...], model: str, credits: int) -> JobRecord:
         with state.lock:
             if state.active_jobs() >= state.options.max_concurrent_jobs:
-                retry_after = str(state.options.concurrency_retry_after)
-                raise ApiError(
-                    429, "concurrency_limit", "Too many concurrent jobs for this organization",
-                    headers={"Retry-After": retry_after},
-                )  # fmt: skip
+                headers = {"Retry-After": str(state.options.concurrency_retry_after)}
+                message = "Too many concurrent jobs for this organization"
+                raise ApiError(429, "concurrency_limit", message, headers=headers)
             available = state.balance - state.pending()
             if available < credits:
                 message = f"Insufficient credits: {credits} required, {available} available"

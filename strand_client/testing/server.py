@@ -95,7 +95,7 @@ class FakeStrandServer:
     def start(self) -> FakeStrandServer:
         if self._server is not None:
             raise RuntimeError("FakeStrandServer is already running")
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((self.host, self._port))
         self._port = self._sock.getsockname()[1]
