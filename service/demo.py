@@ -78,7 +78,7 @@ def run_demo(timeout: float = 60.0) -> int:
     from strand_client.testing import FakeStrandServer
 
     # Silence the mock's per-chunk progress chatter on stdout.
-    mock_server.print = lambda *args, **kwargs: None  # type: ignore[attr-defined]
+    mock_server.print = lambda *args, **kwargs: None
 
     click.echo("Starting Sectra mock, fake Strand, Redis (fakeredis over TCP), webhook and a worker ...")
     slide = make_demo_slide(workdir / "demo-slide.tiff")

@@ -170,7 +170,9 @@ def _store_pending_sync(
     except Exception as exc:
         # The run is recorded with its result; the workers' recovery sweep re-drives it.
         log.error(
-            "could not enqueue the run; recovery will pick it up", extra={"error_type": type(exc).__name__}
+            "could not enqueue the run; recovery will pick it up",
+            extra={"error_type": type(exc).__name__},
+            exc_info=True,
         )
         store.append_event(run_id, "enqueue_failed", error_type=type(exc).__name__)
     else:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import httpx
 
-from sectra_adapter.errors import DownloadError, SectraAuthError, SectraError
+from sectra_adapter.errors import DownloadError, SectraError, SectraUnavailable
 from sectra_adapter.results import cancelled_result, failure_result
 from strand_client.errors import (
     BadRequestError,
@@ -153,12 +153,10 @@ def _plain_words(exc: Exception) -> str | None:
         return messages.unknown_markers(exc.unknown)
     if isinstance(exc, MarkerNotAvailableError):
         return messages.markers_not_available(exc.unavailable)
-    if isinstance(exc, DownloadError):
+    if isinstance(exc, DownloadError) and not exc.transient:
         return messages.sectra_download_failed(str(exc))
     if isinstance(exc, BadRequestError | NotFoundError):
         return f"Strand refused the request: {exc}"
-    if isinstance(exc, SectraAuthError):
-        return None
     return None
 
 
@@ -167,6 +165,8 @@ def _is_transient(exc: Exception) -> bool:
         return True
     if isinstance(exc, StrandError):
         return exc.status_code is None or exc.status_code >= 500 or exc.status_code in (408, 429)
+    if isinstance(exc, DownloadError | SectraUnavailable):
+        return not isinstance(exc, DownloadError) or exc.transient
     if isinstance(exc, SectraError):
         status = getattr(exc, "status_code", None)
         return status is None or status >= 500 or status in (408, 429)

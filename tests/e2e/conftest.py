@@ -206,7 +206,6 @@ def bridge(redis_url: str, tmp_path: Path) -> Iterator[Bridge]:
 
     runtime.reset()
     celery_app.conf.broker_url = redis_url
-    celery_app.pool.force_close_all()
     webhook_url, webhook = _start_webhook(create_app())
     worker = WorkerProcess(env, tmp_path / "worker.log")
     worker.start()
