@@ -1,20 +1,27 @@
 """Latency of the webhook's `create` under an open-loop load, against a bare FastAPI endpoint.
 
-    .venv/bin/python bench/webhook.py [--rate 200] [--duration 10] [--redis-url redis://localhost:6379/13]
+    .venv/bin/python bench/webhook.py [--rate 200] [--duration 10] [--workers 2]
+                                      [--redis-url redis://localhost:6379/13] [--enqueue celery|none]
 
-Four processes, so no two of them share an interpreter: Sectra's mock server
+Separate processes, so no two parts share an interpreter: Sectra's mock server
 (the `create` path stores a pending result there), the bridge under uvicorn,
 a bare FastAPI app under the same uvicorn settings that reads the body and
-answers a constant JSON, and the load generator. The load is open-loop: request
-i is sent at t0 + i/rate whether or not earlier ones have answered, and its
-latency counts from that scheduled instant, so a stall shows up as latency
-instead of silently lowering the rate. Every bridge request carries a distinct
-cancellationToken, so each is a real new run: Redis writes, a Sectra result,
-and (with `--enqueue celery`, the default) a real Celery message on the broker.
-The same run measures the bare endpoint first, then the bridge, and prints both
-and their ratio. Target: bridge p99 < 50 ms at 200 requests/s.
+answers a constant JSON, and the load generator. Both servers run `--workers`
+uvicorn processes, as a deployment would (`sectra-bridge serve` behind one port).
 
-Uses its own Redis database (13 by default) and deletes what it wrote.
+The load is open-loop: request i is sent at t0 + i/rate whether or not earlier
+ones have answered, and its latency counts from that scheduled instant, so a
+stall shows up as latency instead of quietly lowering the rate. The loader
+speaks HTTP/1.1 over raw asyncio streams (keep-alive, a new connection only
+when all are busy): an HTTP client library would cost more CPU than the bare
+endpoint itself on a small machine, and skew both figures alike.
+
+Every bridge request carries a distinct cancellationToken, so each is a real new
+run: Redis writes, a Sectra result, and (with `--enqueue celery`, the default) a
+real Celery message on the broker. The same run measures the bare endpoint
+first, then the bridge, and prints both with their ratio. Target: bridge p99 <
+50 ms at 200 requests/s. Uses its own Redis database (13 by default) and
+deletes what it wrote.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -32,13 +40,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from fastapi import Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # run as a script from anywhere: our packages are imported lazily below
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere; our packages are imported lazily below
 SECTRA_TOKEN = "bench-sectra-token"
 APP_ID = "strand-default"
+_CONTENT_LENGTH = re.compile(rb"(?i)\r\ncontent-length:\s*(\d+)")
 
 
 def _free_port() -> int:
@@ -48,7 +57,7 @@ def _free_port() -> int:
         return port
 
 
-def _wait_for(url: str, deadline_s: float = 30.0) -> None:
+def _wait_for(url: str, deadline_s: float = 60.0) -> None:
     import httpx
 
     deadline = time.monotonic() + deadline_s
@@ -61,44 +70,56 @@ def _wait_for(url: str, deadline_s: float = 30.0) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-# ---- the servers (each runs in its own process) -------------------------------------------------
+# ---- the servers (each in its own processes) ---------------------------------------------------
 
 
-def serve_sectra(port: int) -> None:
+def _uvicorn(factory: str, port: int, workers: int) -> None:
     import uvicorn
+
+    uvicorn.run(
+        f"webhook:{factory}",
+        factory=True,
+        app_dir=str(Path(__file__).parent),
+        host="127.0.0.1",
+        port=port,
+        workers=workers,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+def sectra_app() -> FastAPI:
     from sectra_client.mock_server import MockSectraServer
 
     # Served by uvicorn binding its own socket: MockSectraServer.run() hands uvicorn a socket
     # without IPPROTO_TCP, so asyncio skips TCP_NODELAY and every answer waits ~40 ms on Nagle.
-    app = MockSectraServer(token=SECTRA_TOKEN).create_app()
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    return MockSectraServer(token=SECTRA_TOKEN).create_app()
 
 
-def serve_bridge(port: int, sectra_url: str, prefix: str, redis_url: str, enqueue: str) -> None:
+def bridge_app() -> FastAPI:
+    """The real webhook, configured from BENCH_* variables (uvicorn workers import this)."""
     import redis
-    import uvicorn
 
-    os.environ["REDIS_URL"] = redis_url  # the Celery broker reads it
     from service.app import create_app
     from workers.apps import default_apps
     from workers.runstore import RunStore
     from workers.settings import Settings
 
-    settings = Settings(REDIS_URL=redis_url, SECTRA_ALLOWED_CALLBACK_URLS=sectra_url, SECTRA_ALLOW_HTTP=True)
-    store = RunStore(redis.Redis.from_url(redis_url, socket_timeout=5), prefix=prefix)
-    if enqueue == "celery":
+    redis_url = os.environ["BENCH_REDIS_URL"]
+    settings = Settings(
+        REDIS_URL=redis_url,
+        SECTRA_ALLOWED_CALLBACK_URLS=os.environ["BENCH_SECTRA_URL"],
+        SECTRA_ALLOW_HTTP=True,
+    )
+    store = RunStore(redis.Redis.from_url(redis_url, socket_timeout=5), prefix=os.environ["BENCH_PREFIX"])
+    if os.environ["BENCH_ENQUEUE"] == "celery":
         from workers.dispatch import enqueue_run
 
-        app = create_app(settings, default_apps(), store=store, enqueue=enqueue_run)
-    else:
-        app = create_app(settings, default_apps(), store=store, enqueue=lambda _run_id: None)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+        return create_app(settings, default_apps(), store=store, enqueue=enqueue_run)
+    return create_app(settings, default_apps(), store=store, enqueue=lambda _run_id: None)
 
 
-def serve_bare(port: int) -> None:
-    import uvicorn
-    from fastapi import FastAPI
-
+def bare_app() -> FastAPI:
     app = FastAPI()
     answer = {"id": 1, "versionId": "v", "slideId": "s", "displayResult": "Queued", "applicationVersion": "1"}
 
@@ -107,21 +128,16 @@ def serve_bare(port: int) -> None:
         return JSONResponse(answer, headers={"X-Sectra-ApiVersion": "1.10"})
 
     app.add_api_route("/sectra/{app_id}", bare, methods=["POST"])
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    app.add_api_route("/healthz", lambda: {"status": "ok"}, methods=["GET"])
+    return app
 
 
 # ---- the load ----------------------------------------------------------------------------------
 
 
-async def _load(url: str, sectra_url: str, rate: float, duration: float, warmup: float) -> dict[str, Any]:
-    import httpx
-
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
-
-    def body() -> dict[str, Any]:
-        return {
+def _payload(host: str, sectra_url: str) -> bytes:
+    body = json.dumps(
+        {
             "action": "create",
             "applicationId": APP_ID,
             "slideId": f"bench-{uuid.uuid4().hex[:6]}",
@@ -129,70 +145,87 @@ async def _load(url: str, sectra_url: str, rate: float, duration: float, warmup:
             "cancellationToken": uuid.uuid4().hex,
             "input": {"type": "wholeSlide"},
         }
+    ).encode()
+    head = (
+        f"POST /sectra/{APP_ID} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
 
-    async with httpx.AsyncClient(base_url=url, timeout=30.0, limits=limits) as client:
 
-        async def one(scheduled: float, measured: bool) -> None:
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            try:
-                response = await client.post(f"/sectra/{APP_ID}", json=body())
-                outcome = str(response.status_code)
-            except httpx.HTTPError as exc:
-                outcome = type(exc).__name__
-            if measured:
-                latencies.append(time.perf_counter() - scheduled)
-                if outcome != "200":
-                    errors[outcome] = errors.get(outcome, 0) + 1
+async def _load(port: int, sectra_url: str, rate: float, duration: float, warmup: float) -> dict[str, Any]:
+    total = int((warmup + duration) * rate)
+    payloads = [_payload(f"127.0.0.1:{port}", sectra_url) for _ in range(total)]
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
 
-        start = time.perf_counter() + 0.2
-        total = int((warmup + duration) * rate)
-        tasks = [asyncio.create_task(one(start + i / rate, i >= warmup * rate)) for i in range(total)]
-        await asyncio.gather(*tasks)
+    async def exchange(payload: bytes) -> str:
+        reader, writer = idle.pop() if idle else await asyncio.open_connection("127.0.0.1", port)
+        writer.write(payload)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = _CONTENT_LENGTH.search(head)
+        await reader.readexactly(int(length.group(1)) if length else 0)
+        idle.append((reader, writer))
+        return head[9:12].decode()
+
+    async def one(i: int, scheduled: float) -> None:
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        try:
+            outcome = await asyncio.wait_for(exchange(payloads[i]), timeout=30)
+        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError) as exc:
+            outcome = type(exc).__name__
+        if i >= warmup * rate:
+            latencies.append(time.perf_counter() - scheduled)
+            if outcome != "200":
+                errors[outcome] = errors.get(outcome, 0) + 1
+
+    start = time.perf_counter() + 0.2
+    await asyncio.gather(*(one(i, start + i / rate) for i in range(total)))
+    for _, writer in idle:
+        writer.close()
     latencies.sort()
 
     def pct(p: float) -> float:
-        return latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] * 1000
+        return round(latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] * 1000, 2)
 
     return {
         "requests": len(latencies),
         "errors": errors,
-        "p50_ms": round(pct(50), 2),
-        "p90_ms": round(pct(90), 2),
-        "p99_ms": round(pct(99), 2),
+        "p50_ms": pct(50),
+        "p90_ms": pct(90),
+        "p99_ms": pct(99),
         "max_ms": round(latencies[-1] * 1000, 2),
         "mean_ms": round(statistics.fmean(latencies) * 1000, 2),
     }
 
 
-def run_load(url: str, sectra_url: str, rate: float, duration: float, warmup: float) -> None:
-    print(json.dumps(asyncio.run(_load(url, sectra_url, rate, duration, warmup))))
+def run_load(port: int, sectra_url: str, rate: float, duration: float, warmup: float) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    print(json.dumps(asyncio.run(_load(port, sectra_url, rate, duration, warmup))))
 
 
 # ---- orchestration -----------------------------------------------------------------------------
 
 
-def _spawn(*args: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, __file__, *args], cwd=ROOT, env=env)
+def _python(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    merged = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.Popen([sys.executable, __file__, *args], cwd=ROOT, env=merged)
 
 
-def _measure(url: str, sectra_url: str, args: argparse.Namespace) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def _measure(port: int, sectra_url: str, args: argparse.Namespace) -> dict[str, Any]:
     out = subprocess.run(
-        [
-            sys.executable,
-            __file__,
-            "_load",
-            url,
-            sectra_url,
-            str(args.rate),
-            str(args.duration),
-            str(args.warmup),
-        ],
+        [sys.executable, __file__, "_load", str(port), sectra_url]
+        + [str(args.rate), str(args.duration), str(args.warmup)],
         cwd=ROOT,
-        env=env,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
         check=True,
         capture_output=True,
         text=True,
@@ -221,6 +254,14 @@ def _cleanup(redis_url: str, prefix: str) -> int:
     return deleted
 
 
+def _report(name: str, result: dict[str, Any]) -> None:
+    print(
+        f"{name:22}  p50 {result['p50_ms']:7.2f} ms  p90 {result['p90_ms']:7.2f} ms  "
+        f"p99 {result['p99_ms']:7.2f} ms  max {result['max_ms']:7.2f} ms  "
+        f"n={result['requests']} errors={result['errors'] or 0}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -228,6 +269,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0, help="requests per second")
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn processes per server")
     parser.add_argument("--redis-url", default="redis://localhost:6379/13")
     parser.add_argument("--enqueue", choices=["celery", "none"], default="celery")
     args = parser.parse_args()
@@ -235,48 +277,48 @@ def main() -> None:
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     ports = {name: _free_port() for name in ("sectra", "bridge", "bare")}
     sectra_url = f"http://127.0.0.1:{ports['sectra']}"
+    bench_env = {
+        "BENCH_REDIS_URL": args.redis_url,
+        "BENCH_SECTRA_URL": sectra_url,
+        "BENCH_PREFIX": prefix,
+        "BENCH_ENQUEUE": args.enqueue,
+        "REDIS_URL": args.redis_url,  # the Celery broker reads it
+    }
     processes = [
-        _spawn("_sectra", str(ports["sectra"])),
-        _spawn("_bridge", str(ports["bridge"]), sectra_url, prefix, args.redis_url, args.enqueue),
-        _spawn("_bare", str(ports["bare"])),
+        _python("_serve", "sectra_app", str(ports["sectra"]), "1"),
+        _python("_serve", "bridge_app", str(ports["bridge"]), str(args.workers), env=bench_env),
+        _python("_serve", "bare_app", str(ports["bare"]), str(args.workers)),
     ]
     try:
-        for name in ports:
-            _wait_for(f"http://127.0.0.1:{ports[name]}/")
-        bare = _measure(f"http://127.0.0.1:{ports['bare']}", sectra_url, args)
-        bridge = _measure(f"http://127.0.0.1:{ports['bridge']}", sectra_url, args)
+        _wait_for(f"{sectra_url}/dev/slides")
+        _wait_for(f"http://127.0.0.1:{ports['bridge']}/healthz")
+        _wait_for(f"http://127.0.0.1:{ports['bare']}/healthz")
+        bare = _measure(ports["bare"], sectra_url, args)
+        bridge = _measure(ports["bridge"], sectra_url, args)
     finally:
         for process in processes:
             process.terminate()
         for process in processes:
-            process.wait(timeout=10)
+            process.wait(timeout=30)
         cleaned = _cleanup(args.redis_url, prefix)
     print(
-        f"open-loop load: {args.rate:g} requests/s for {args.duration:g} s (after {args.warmup:g} s warm-up)"
+        f"open-loop load: {args.rate:g} requests/s for {args.duration:g} s (after {args.warmup:g} s warm-up); "
+        f"{args.workers} uvicorn worker(s) per server; enqueue: {args.enqueue}; redis keys cleaned: {cleaned}"
     )
-    print(f"enqueue: {args.enqueue}; redis keys cleaned up: {cleaned}")
-    for name, result in (("bare FastAPI endpoint", bare), ("bridge POST create", bridge)):
-        print(
-            f"{name:22}  p50 {result['p50_ms']:7.2f} ms  p90 {result['p90_ms']:7.2f} ms  "
-            f"p99 {result['p99_ms']:7.2f} ms  max {result['max_ms']:7.2f} ms  "
-            f"n={result['requests']} errors={result['errors'] or 0}"
-        )
-    met = bridge["p99_ms"] < 50 and not bridge["errors"]
+    _report("bare FastAPI endpoint", bare)
+    _report("bridge POST create", bridge)
     p50_ratio = bridge["p50_ms"] / bare["p50_ms"]
     p99_ratio = bridge["p99_ms"] / bare["p99_ms"]
     print(f"bridge / bare: p50 x{p50_ratio:.1f}, p99 x{p99_ratio:.1f}")
+    met = bridge["p99_ms"] < 50 and not bridge["errors"]
     print(f"target bridge p99 < 50 ms with no errors: {'met' if met else 'NOT met'}")
 
 
 if __name__ == "__main__":
     command = sys.argv[1] if len(sys.argv) > 1 else ""
-    if command == "_sectra":
-        serve_sectra(int(sys.argv[2]))
-    elif command == "_bridge":
-        serve_bridge(int(sys.argv[2]), *sys.argv[3:7])
-    elif command == "_bare":
-        serve_bare(int(sys.argv[2]))
+    if command == "_serve":
+        _uvicorn(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     elif command == "_load":
-        run_load(sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6]))
+        run_load(int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6]))
     else:
         main()

@@ -19,6 +19,8 @@ from typing import Any
 import click
 import numpy as np
 
+from service.demo_redis import DemoRedis
+
 DEMO_APP = "strand-default"
 DEMO_SLIDE = "demo-slide-1"
 
@@ -41,15 +43,6 @@ def make_demo_slide(path: Path, width: int = 2048, height: int = 1536) -> Path:
         tif.write(image, tile=(256, 256), photometric="rgb", description="Demo slide |MPP = 0.5", subifds=1)
         tif.write(image[::2, ::2], tile=(256, 256), photometric="rgb", subfiletype=1)
     return path
-
-
-def _start_redis() -> tuple[str, Any]:
-    from fakeredis import TcpFakeServer
-
-    port = _free_port()
-    server = TcpFakeServer(("127.0.0.1", port), server_type="redis")
-    threading.Thread(target=server.serve_forever, daemon=True, name="demo-redis").start()
-    return f"redis://127.0.0.1:{port}/0", server
 
 
 def _start_uvicorn(app: Any) -> tuple[str, Any]:
@@ -103,7 +96,8 @@ def run_demo(timeout: float = 60.0) -> int:
     sectra.run(port=0, host="127.0.0.1")
     strand = FakeStrandServer(job_duration=3.0)
     strand.start()
-    redis_url, redis_server = _start_redis()
+    redis_server = DemoRedis().start()
+    redis_url = redis_server.url
 
     os.environ.update(
         {
@@ -150,7 +144,7 @@ def run_demo(timeout: float = 60.0) -> int:
         webhook.should_exit = True
         strand.stop()
         sectra.stop()
-        redis_server.shutdown()
+        redis_server.stop()
         runtime.reset()
 
 

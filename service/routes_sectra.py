@@ -25,7 +25,7 @@ from service.auth import require_webhook_token
 from service.errors import ApiError
 from service.parsing import AnyInvocation, parse_invocation, read_json_body
 from service.registration import app_info, build_registration
-from service.sectra_link import DEFAULT_HEADERS, callback_headers, check_callback
+from service.sectra_link import DEFAULT_HEADERS, cached_callback_headers, callback_headers, check_callback
 from service.state import ServiceState, get_state
 from workers.apps import AppConfig
 from workers.observability import run_context
@@ -59,9 +59,11 @@ async def _checked_headers(
 ) -> dict[str, str]:
     """Refuse a callback URL off the allow-list, then learn this Sectra's versions for our answer."""
     check_callback(state, invocation.callbackInfo.url)
-    headers = await anyio.to_thread.run_sync(
-        callback_headers, state, invocation.callbackInfo.url, invocation.callbackInfo.token
-    )
+    headers = cached_callback_headers(state, invocation.callbackInfo.url)
+    if headers is None:  # first call to this Sectra this hour: ask its /info, off the event loop
+        headers = await anyio.to_thread.run_sync(
+            callback_headers, state, invocation.callbackInfo.url, invocation.callbackInfo.token
+        )
     request.state.sectra_headers = headers  # error answers from here on carry them too
     return headers
 

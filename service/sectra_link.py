@@ -15,8 +15,8 @@ import httpx
 from sectra_adapter.client import SectraAdapter
 from sectra_adapter.errors import CallbackUrlRefused
 from sectra_adapter.headers import DEFAULT_VERSIONS, sectra_response_headers
-from sectra_adapter.urls import check_callback_url
-from sectra_adapter.versions import version_headers
+from sectra_adapter.urls import check_callback_url, normalise_base_url
+from sectra_adapter.versions import VERSION_CACHE, version_headers
 from service.errors import ApiError
 from service.state import ServiceState
 
@@ -45,6 +45,12 @@ def check_callback(state: ServiceState, url: str) -> None:
         check_callback_url(url, state.settings.allowed_callback_urls, state.settings.allow_http)
     except CallbackUrlRefused as exc:
         raise ApiError(403, "callback_url_refused", f"callback URL refused: {exc.reason}") from None
+
+
+def cached_callback_headers(state: ServiceState, url: str) -> dict[str, str] | None:
+    """The headers when this Sectra's versions are cached (no I/O, safe on the event loop), else None."""
+    info = VERSION_CACHE.fresh(normalise_base_url(url, state.settings.allow_http))
+    return None if info is None else version_headers(info)
 
 
 def callback_headers(state: ServiceState, url: str, token: str) -> dict[str, str]:

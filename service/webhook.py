@@ -18,7 +18,6 @@ import logging
 import re
 import shutil
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -37,7 +36,7 @@ from service.sectra_link import adapter_for
 from service.state import ServiceState
 from workers.apps import AppConfig
 from workers.observability import EXTERNAL_CALLS, RUNS_STARTED, run_context
-from workers.runstore import RunNotFound, RunSource
+from workers.runstore import RunNotFound, RunSource, StepClaim
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +48,6 @@ MODIFY_AUDIT_MAX_BYTES = 64 * 1024
 _RUN_ID = re.compile(r"^run-[0-9a-f]{24}$")
 
 
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """One look at a run while starting it: done (with the stored result), gone, or still busy."""
-
-    result: dict[str, Any] | None = None
-    gone: bool = False
-
-
 async def start_run(
     state: ServiceState,
     app: AppConfig,
@@ -64,28 +55,26 @@ async def start_run(
     source: RunSource,
 ) -> dict[str, Any]:
     """The pending result stored in Sectra for this invocation, creating the run if it is new."""
-    record, created = await anyio.to_thread.run_sync(
-        lambda: state.store.create_or_get(
-            app_id=app.id,
-            slide_id=invocation.slideId,
-            cancellation_token=invocation.cancellationToken,
-            callback_url=invocation.callbackInfo.url,
-            callback_token=invocation.callbackInfo.token,
-            source=source,
-        )
+    # Create, claim and (usually) store the pending result in one worker-thread hop: the common
+    # case, a new invocation, ends there.
+    run_id, claim, result = await anyio.to_thread.run_sync(
+        _first_attempt_sync, state, app, invocation, source
     )
-    with run_context(run_id=record.run_id, app=app.id):
-        if not created:
-            log.info("duplicate invocation; answering with the run's pending result")
+    if result is not None:
+        return result
+    with run_context(run_id=run_id, app=app.id):
         deadline = time.monotonic() + DUPLICATE_WAIT_SECONDS
         pause = 0.02
         while True:
-            attempt = await anyio.to_thread.run_sync(
-                _attempt_sync, state, app, invocation, record.run_id, source
-            )
-            if attempt.result is not None:
-                return attempt.result
-            if attempt.gone:
+            if claim.outcome == "done":
+                done: dict[str, Any] = claim.value
+                return done
+            if claim.outcome == "claimed":
+                assert claim.token is not None
+                return await anyio.to_thread.run_sync(
+                    _store_pending_sync, state, app, invocation, run_id, source, claim.token
+                )
+            if claim.outcome == "gone":
                 raise ApiError(
                     502,
                     "sectra_unavailable",
@@ -100,33 +89,39 @@ async def start_run(
                 )
             await anyio.sleep(pause)
             pause = min(pause * 2, 0.25)
+            claim = await anyio.to_thread.run_sync(_claim_sync, state, run_id)
 
 
-def _attempt_sync(
+def _claim_sync(state: ServiceState, run_id: str) -> StepClaim:
+    return state.store.claim_step(
+        run_id, PENDING_LEASE, ttl_seconds=PENDING_LEASE_SECONDS, done_field="pending_result"
+    )
+
+
+def _first_attempt_sync(
     state: ServiceState,
     app: AppConfig,
     invocation: CreateInvocation | NewImageFilesInvocation,
-    run_id: str,
     source: RunSource,
-) -> Attempt:
-    store = state.store
-    record = store.get(run_id)
-    if record is None:
-        return Attempt(gone=True)
-    if record.pending_result is not None:
-        return Attempt(result=record.pending_result)
-    lease = store.acquire_lease(run_id, PENDING_LEASE, PENDING_LEASE_SECONDS)
-    if lease is None:
-        return Attempt()
-    try:
-        record = store.get(run_id)  # the previous holder may have finished just before we took over
-        if record is None:
-            return Attempt(gone=True)
-        if record.pending_result is not None:
-            return Attempt(result=record.pending_result)
-        return Attempt(result=_store_pending_sync(state, app, invocation, run_id, source))
-    finally:
-        store.release_lease(run_id, PENDING_LEASE, lease)
+) -> tuple[str, StepClaim, dict[str, Any] | None]:
+    record, created = state.store.create_or_get(
+        app_id=app.id,
+        slide_id=invocation.slideId,
+        cancellation_token=invocation.cancellationToken,
+        callback_url=invocation.callbackInfo.url,
+        callback_token=invocation.callbackInfo.token,
+        source=source,
+    )
+    if not created:
+        with run_context(run_id=record.run_id, app=app.id):
+            log.info("duplicate invocation; answering with the run's pending result")
+    claim = _claim_sync(state, record.run_id)
+    if claim.outcome != "claimed":
+        return record.run_id, claim, None
+    assert claim.token is not None
+    with run_context(run_id=record.run_id, app=app.id):
+        result = _store_pending_sync(state, app, invocation, record.run_id, source, claim.token)
+    return record.run_id, claim, result
 
 
 def _store_pending_sync(
@@ -135,6 +130,7 @@ def _store_pending_sync(
     invocation: CreateInvocation | NewImageFilesInvocation,
     run_id: str,
     source: RunSource,
+    lease: str,
 ) -> dict[str, Any]:
     """Store the pending result in Sectra, save it in the run, and enqueue the run: in that order.
 
@@ -144,39 +140,38 @@ def _store_pending_sync(
     try:
         with adapter_for(state, invocation.callbackInfo.url, invocation.callbackInfo.token, app.id) as sectra:
             stored = sectra.create_results(app.id, pending_result(invocation.slideId, app.version))
-    except SectraError as exc:
+    except BaseException as exc:
+        store.delete(run_id)  # never leave a run without a pending result: a retry starts afresh
+        store.release_lease(run_id, PENDING_LEASE, lease)
+        if not isinstance(exc, SectraError):
+            raise
         EXTERNAL_CALLS.labels(service="sectra", outcome="error").inc()
-        store.delete(run_id)
         log.warning("could not store the pending result in Sectra; run discarded", extra={"reason": str(exc)})
         raise ApiError(
             502, "sectra_unavailable", f"could not store the pending result in Sectra: {exc}"
         ) from None
-    except BaseException:
-        store.delete(run_id)  # never leave a run that has no pending result and no owner
-        raise
     EXTERNAL_CALLS.labels(service="sectra", outcome="ok").inc()
     body = stored.model_dump(mode="json")
-    store.update(
+    store.complete_step(
         run_id,
+        PENDING_LEASE,
+        lease,
+        event="created",
+        event_data={"source": source, "sectra_result_id": stored.id},
         pending_result=body,
         sectra_result_id=stored.id,
         sectra_version_id=stored.versionId,
         message=stored.displayResult,
     )
-    store.append_event(run_id, "created", source=source, sectra_result_id=stored.id)
     RUNS_STARTED.labels(app=app.id).inc()
     try:
         state.enqueue(run_id)
     except Exception as exc:
         # The run is recorded with its result; the workers' recovery sweep re-drives it.
         log.error(
-            "could not enqueue the run; recovery will pick it up",
-            extra={"error_type": type(exc).__name__},
-            exc_info=True,
+            "could not enqueue the run; recovery will pick it up", extra={"error_type": type(exc).__name__}
         )
         store.append_event(run_id, "enqueue_failed", error_type=type(exc).__name__)
-    else:
-        store.append_event(run_id, "enqueued")
     log.info("run created", extra={"source": source, "sectra_result_id": stored.id})
     return body
 

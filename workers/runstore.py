@@ -9,7 +9,8 @@ Layout (all keys under `prefix`, all with the retention TTL, refreshed on write)
 - `{p}:run:{run_id}`: hash, one JSON-encoded value per `RunRecord` field, so a
   checkpoint write touches only its own fields and cannot clobber another's;
 - `{p}:run:{run_id}:events`: stream, the run's append-only audit trail;
-- `{p}:result:{app_id}:{sectra_result_id}`: run id, to route Sectra's `delete`;
+- `{p}:result:{sectra_result_id}`: hash of app id -> run id, to route Sectra's `delete`;
+- `{p}:run:{run_id}:lease:{name}`: short leases for once-only steps (see `claim_step`);
 - `{p}:runs`, `{p}:runs:status:{status}`, `{p}:runs:app:{app_id}`: sorted sets
   of run ids scored by creation time, for newest-first listings.
 
@@ -26,6 +27,7 @@ import re
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import redis
@@ -43,6 +45,7 @@ __all__ = [
     "RunStatus",
     "RunStore",
     "StagedFile",
+    "StepClaim",
     "run_id_for",
 ]
 
@@ -53,6 +56,15 @@ _EVENTS_MAX = 10_000
 # They define the run (its id derives from them) or its place in the indexes.
 _IDENTITY_FIELDS = frozenset({"run_id", "app_id", "slide_id", "cancellation_token", "created_at"})
 _SECRET_KEY = re.compile(r"(?i)token|secret|password|authori[sz]ation|api[_-]?key|cookie")
+
+
+@dataclass(frozen=True, slots=True)
+class StepClaim:
+    """What `claim_step` found: `claimed` (token set: release it), `done` (value set), `busy`, `gone`."""
+
+    outcome: Literal["claimed", "done", "busy", "gone"]
+    token: str | None = None
+    value: Any = None
 
 
 class RunNotFound(LookupError):
@@ -168,6 +180,10 @@ def _refuse_identity(fields: Mapping[str, Any]) -> None:
         raise ValueError(f"these fields never change after creation: {', '.join(sorted(fixed))}")
 
 
+def _event_payload(data: Mapping[str, Any]) -> str:
+    return redact(json.dumps(_scrub(data), separators=(",", ":"), default=str))
+
+
 def _scrub(data: Any) -> Any:
     """Drop anything keyed like a credential; audit entries outlive tokens' validity but not their risk."""
     if isinstance(data, Mapping):
@@ -192,18 +208,32 @@ end
 return {1}
 """
 
-# KEYS: record, events, then keys to point at the run. ARGV: ttl, run_id, field/value...
-_UPDATE = """
+# One script for every field write, so a checkpoint, its audit entry and the release of the step's
+# lease land together or not at all.
+# KEYS: record, events, lease[, result index].
+# ARGV: ttl, run_id, return record (1/0), lease token ('' = none), event ('' = none), ts, data, maxlen,
+#       field/value...
+_WRITE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return false
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], unpack(ARGV, 9))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[1])
-for i = 3, #KEYS do
-  redis.call('SET', KEYS[i], ARGV[2], 'EX', ARGV[1])
+if ARGV[5] ~= '' then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[8], '*', 'ts', ARGV[6], 'event', ARGV[5], 'data', ARGV[7])
 end
-return redis.call('HGETALL', KEYS[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+if KEYS[4] then
+  redis.call('HSET', KEYS[4], redis.call('HGET', KEYS[1], 'app_id'), ARGV[2])
+  redis.call('EXPIRE', KEYS[4], ARGV[1])
+end
+if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) == ARGV[4] then
+  redis.call('DEL', KEYS[3])
+end
+if ARGV[3] == '1' then
+  return redis.call('HGETALL', KEYS[1])
+end
+return 1
 """
 
 # KEYS: record, events. ARGV: ttl, maxlen, ts, event, data.
@@ -216,6 +246,21 @@ local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'ts', ARGV[3
 redis.call('EXPIRE', KEYS[2], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return id
+"""
+
+# KEYS: record, lease. ARGV: done field, token, ttl ms.
+_CLAIM = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {'gone'}
+end
+local done = redis.call('HGET', KEYS[1], ARGV[1])
+if done and done ~= 'null' then
+  return {'done', done}
+end
+if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
+  return {'claimed'}
+end
+return {'busy'}
 """
 
 _RELEASE = """
@@ -238,9 +283,10 @@ class RunStore:
         self._prefix = prefix
         self._ttl = retention_seconds
         self._create_script = redis.register_script(_CREATE)
-        self._update_script = redis.register_script(_UPDATE)
+        self._write_script = redis.register_script(_WRITE)
         self._append_script = redis.register_script(_APPEND)
         self._release_script = redis.register_script(_RELEASE)
+        self._claim_script = redis.register_script(_CLAIM)
 
     # -- keys ---------------------------------------------------------------------------------
 
@@ -250,8 +296,10 @@ class RunStore:
     def _events_key(self, run_id: str) -> str:
         return f"{self._prefix}:run:{run_id}:events"
 
-    def _result_key(self, app_id: str, result_id: int) -> str:
-        return f"{self._prefix}:result:{app_id}:{result_id}"
+    def _result_key(self, result_id: int) -> str:
+        # Sectra numbers results per app, so the key holds one field per app (the JSON-encoded
+        # app id, exactly as the record stores it, so a script can copy it without decoding).
+        return f"{self._prefix}:result:{result_id}"
 
     def _index_all(self) -> str:
         return f"{self._prefix}:runs"
@@ -292,7 +340,8 @@ class RunStore:
             created_at=now,
             updated_at=now,
         )
-        fields = {name: getattr(record, name) for name in RunRecord.model_fields}
+        # Defaults are not stored: readers fill them in, and the write stays small and cheap.
+        fields = {name: getattr(record, name) for name in (*record.model_fields_set, "status")}
         reply = self._create_script(
             keys=[
                 self._record_key(record.run_id),
@@ -322,7 +371,7 @@ class RunStore:
 
     def find_by_result(self, app_id: str, result_id: int) -> str | None:
         """The run that owns a Sectra result; Sectra's `delete` names the result, not always the token."""
-        raw = self._redis.get(self._result_key(app_id, result_id))
+        raw = self._redis.hget(self._result_key(result_id), json.dumps(app_id))
         if raw is None:
             return None
         run_id = _text(raw)
@@ -335,19 +384,56 @@ class RunStore:
         """Write checkpoint fields atomically; status changes go through `transition` only."""
         if "status" in fields:
             raise ValueError("use transition() to change a run's status")
+        reply = self._write(run_id, fields, want_record=True)
+        if reply is None:
+            raise RunNotFound(run_id)
+        return _decode(reply)
+
+    def complete_step(
+        self, run_id: str, name: str, token: str, *, event: str, event_data: Mapping[str, Any], **fields: Any
+    ) -> bool:
+        """Record a claimed step's output with its audit event and release its lease, atomically.
+
+        The counterpart of `claim_step`; False when the run was deleted meanwhile.
+        """
+        if "status" in fields:
+            raise ValueError("use transition() to change a run's status")
+        lease = (self._lease_key(run_id, name), token)
+        return (
+            self._write(run_id, fields, want_record=False, lease=lease, event=(event, event_data)) is not None
+        )
+
+    def _write(
+        self,
+        run_id: str,
+        fields: dict[str, Any],
+        *,
+        want_record: bool,
+        lease: tuple[str, str] | None = None,
+        event: tuple[str, Mapping[str, Any]] | None = None,
+    ) -> Any:
         _refuse_identity(fields)
         fields["updated_at"] = time.time()
-        keys = [self._record_key(run_id), self._events_key(run_id)]
-        result_id = fields.get("sectra_result_id")
-        if result_id is not None:
-            raw_app = self._redis.hget(self._record_key(run_id), "app_id")
-            if raw_app is None:
-                raise RunNotFound(run_id)
-            keys.append(self._result_key(json.loads(_text(raw_app)), int(result_id)))
-        flat = self._update_script(keys=keys, args=[self._ttl, run_id, *_encode(fields)])
-        if flat is None:
-            raise RunNotFound(run_id)
-        return _decode(flat)
+        keys = [
+            self._record_key(run_id),
+            self._events_key(run_id),
+            lease[0] if lease else self._lease_key(run_id, "-"),
+        ]
+        if fields.get("sectra_result_id") is not None:
+            keys.append(self._result_key(int(fields["sectra_result_id"])))
+        name, data = event if event else ("", {})
+        args = [
+            self._ttl,
+            run_id,
+            "1" if want_record else "0",
+            lease[1] if lease else "",
+            name,
+            f"{time.time():.6f}",
+            _event_payload(data),
+            _EVENTS_MAX,
+            *_encode(fields),
+        ]
+        return self._write_script(keys=keys, args=args)
 
     def transition(self, run_id: str, to: RunStatus, *, retry: bool = False, **fields: Any) -> RunRecord:
         """Move a run to `to` (with checkpoint fields) if the state machine allows it, atomically.
@@ -369,7 +455,6 @@ class RunStore:
                         raise RunNotFound(run_id)
                     current = RunStatus(json.loads(_text(raw_status)))
                     check_transition(run_id, current, target, retry=retry)
-                    app_id = json.loads(_text(raw_app))
                     created_at = float(json.loads(_text(raw_created)))
                     now = time.time()
                     flat = _encode({**fields, "status": target, "updated_at": now})
@@ -384,9 +469,9 @@ class RunStore:
                         pipe.zremrangebyscore(new_index, "-inf", f"({self._prune_before(now)}")
                         pipe.expire(new_index, self._ttl)
                     if fields.get("sectra_result_id") is not None:
-                        pipe.set(
-                            self._result_key(app_id, int(fields["sectra_result_id"])), run_id, ex=self._ttl
-                        )
+                        result_key = self._result_key(int(fields["sectra_result_id"]))
+                        pipe.hset(result_key, _text(raw_app), run_id)
+                        pipe.expire(result_key, self._ttl)
                     pipe.hgetall(key)
                     replies = pipe.execute()
                     return _decode(replies[-1])
@@ -407,7 +492,7 @@ class RunStore:
         with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(self._record_key(run_id), self._events_key(run_id))
             if record.sectra_result_id is not None:
-                pipe.delete(self._result_key(record.app_id, record.sectra_result_id))
+                pipe.hdel(self._result_key(record.sectra_result_id), json.dumps(record.app_id))
             for index in (
                 self._index_all(),
                 self._index_status(record.status),
@@ -468,6 +553,26 @@ class RunStore:
         acquired = self._redis.set(self._lease_key(run_id, name), token, nx=True, px=int(ttl_seconds * 1000))
         return token if acquired else None
 
+    def claim_step(self, run_id: str, name: str, *, ttl_seconds: float, done_field: str) -> StepClaim:
+        """Claim a once-only step of a run unless its output (`done_field`) is already recorded.
+
+        One atomic check answers all four cases a retried request can meet: the run is gone,
+        the step is done (with its recorded output), another holder is on it, or it is ours.
+        """
+        if done_field not in RunRecord.model_fields:
+            raise ValueError(f"RunRecord has no field {done_field!r}")
+        token = uuid.uuid4().hex
+        reply = self._claim_script(
+            keys=[self._record_key(run_id), self._lease_key(run_id, name)],
+            args=[done_field, token, int(ttl_seconds * 1000)],
+        )
+        outcome = _text(reply[0])
+        if outcome == "done":
+            return StepClaim("done", value=json.loads(_text(reply[1])))
+        if outcome == "claimed":
+            return StepClaim("claimed", token=token)
+        return StepClaim("gone" if outcome == "gone" else "busy")
+
     def release_lease(self, run_id: str, name: str, token: str) -> None:
         """Release a lease if (and only if) this token still holds it."""
         self._release_script(keys=[self._lease_key(run_id, name)], args=[token])
@@ -480,10 +585,9 @@ class RunStore:
         Values keyed like credentials are replaced, and the entry passes the log redactor too:
         callers should pass identifiers and counts only, never slide metadata (PHI).
         """
-        payload = redact(json.dumps(_scrub(data), separators=(",", ":"), default=str))
         reply = self._append_script(
             keys=[self._record_key(run_id), self._events_key(run_id)],
-            args=[self._ttl, _EVENTS_MAX, f"{time.time():.6f}", event, payload],
+            args=[self._ttl, _EVENTS_MAX, f"{time.time():.6f}", event, _event_payload(data)],
         )
         return None if reply is None else _text(reply)
 

@@ -39,7 +39,7 @@ def test_create_stores_pending_result_records_and_enqueues(bridge: Bridge) -> No
     assert record.callback_token == SECTRA_TOKEN
     assert bridge.enqueued == [run_id]
     events = bridge.store.events(run_id)
-    assert [e["event"] for e in events] == ["created", "enqueued"]
+    assert [e["event"] for e in events] == ["created"]
     assert SECTRA_TOKEN not in repr(events)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -385,3 +386,65 @@ def test_works_with_decoded_responses(redis_url: str, key_prefix: str) -> None:
         for key in client.scan_iter(f"{key_prefix}:*"):
             client.delete(key)
         client.close()
+
+
+def test_claim_step_answers_gone_claimed_busy_done(store: RunStore) -> None:
+    assert (
+        store.claim_step("run-none", "pending", ttl_seconds=5, done_field="pending_result").outcome == "gone"
+    )
+    record = make(store)
+    first = store.claim_step(record.run_id, "pending", ttl_seconds=5, done_field="pending_result")
+    assert first.outcome == "claimed"
+    assert first.token
+    assert (
+        store.claim_step(record.run_id, "pending", ttl_seconds=5, done_field="pending_result").outcome
+        == "busy"
+    )
+    store.update(record.run_id, pending_result={"id": 7})
+    done = store.claim_step(record.run_id, "pending", ttl_seconds=5, done_field="pending_result")
+    assert (done.outcome, done.value) == ("done", {"id": 7})
+    with pytest.raises(ValueError, match="nope"):
+        store.claim_step(record.run_id, "pending", ttl_seconds=5, done_field="nope")
+
+
+def test_released_or_expired_leases_can_be_claimed_again(store: RunStore) -> None:
+    record = make(store)
+    claim = store.claim_step(record.run_id, "pending", ttl_seconds=5, done_field="pending_result")
+    assert claim.token is not None
+    store.release_lease(record.run_id, "pending", "not-the-holder")  # only the holder releases
+    assert (
+        store.claim_step(record.run_id, "pending", ttl_seconds=5, done_field="pending_result").outcome
+        == "busy"
+    )
+    store.release_lease(record.run_id, "pending", claim.token)
+    short = store.claim_step(record.run_id, "pending", ttl_seconds=0.05, done_field="pending_result")
+    assert short.outcome == "claimed"
+    deadline = time.monotonic() + 5
+    while store.acquire_lease(record.run_id, "pending", 5) is None:  # a dead holder's lease expires
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def test_ten_concurrent_claims_have_one_winner(store: RunStore) -> None:
+    record = make(store)
+    barrier = threading.Barrier(10)
+
+    def claim(_: int) -> str:
+        barrier.wait()
+        return store.claim_step(record.run_id, "pending", ttl_seconds=5, done_field="pending_result").outcome
+
+    with ThreadPoolExecutor(10) as pool:
+        outcomes = list(pool.map(claim, range(10)))
+    assert sorted(outcomes) == ["busy"] * 9 + ["claimed"]
+
+
+def test_result_ids_are_per_app(store: RunStore) -> None:
+    a = make(store, app="app-a")
+    b = make(store, app="app-b")
+    store.update(a.run_id, sectra_result_id=1)
+    store.update(b.run_id, sectra_result_id=1)
+    assert store.find_by_result("app-a", 1) == a.run_id
+    assert store.find_by_result("app-b", 1) == b.run_id
+    store.delete(a.run_id)
+    assert store.find_by_result("app-a", 1) is None
+    assert store.find_by_result("app-b", 1) == b.run_id

@@ -34,11 +34,13 @@ def run(ctx: PipelineContext, record: RunRecord) -> JobStatus:
     status = job.wait_slice(ctx.wait_slice_seconds) if ctx.wait_slice_seconds > 0 else job.refresh()
     if status.status not in TERMINAL and status.status not in _STATUS_WORDS:
         log.warning("unknown Strand job status; waiting it out", extra={"job_status": status.status})
-    ctx.store.update(record.run_id, stage_progress=status.progress, job_status=status.status)
+    words = _STATUS_WORDS.get(status.status, status.status)
+    pct = f" {status.progress * 100:.0f} %" if status.progress is not None else ""
+    ctx.store.update(
+        record.run_id, stage_progress=status.progress, job_status=status.status, message=f"Strand: {words}{pct}"
+    )
     recently = time.time() - (record.progress_posted_at or 0.0) < ctx.progress_interval
     if status.status not in TERMINAL and not recently:
-        words = _STATUS_WORDS.get(status.status, status.status)
-        pct = f" {status.progress * 100:.0f} %" if status.progress is not None else ""
         publisher = publisher_for(ctx, record)
         try:
             publisher.progress(f"Strand: {words}{pct}")

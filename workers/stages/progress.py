@@ -62,8 +62,8 @@ class TransferProgress:
         self._last = now
         self._ctx.check_cancelled(self._record.run_id)
         fraction = done / total if total else None
-        self._ctx.store.update(self._record.run_id, stage_progress=fraction)
         message = f"{self._label} {fraction * 100:.0f} %" if fraction is not None else self._label
+        self._ctx.store.update(self._record.run_id, stage_progress=fraction, message=message)
         try:
             self._publisher.progress(message)
         except Exception as exc:  # progress is a courtesy; a failed update must not fail the transfer
