@@ -182,9 +182,10 @@ def _post_final(ctx: PipelineContext, record: RunRecord, message: str, *, cancel
         else failure_result(record.slide_id, app.version, message)
     )
     try:
-        publisher = publisher_for(ctx, record)
-        publisher.publish(result)
-        remember_result(ctx, record.run_id, publisher)
+        with ctx.sectra(record) as sectra:
+            publisher = publisher_for(ctx, record, sectra)
+            publisher.publish(result)
+            remember_result(ctx, record.run_id, publisher)
     except Exception as exc:
         log.warning("could not post the final message to Sectra", extra={"error_type": type(exc).__name__})
         ctx.store.append_event(record.run_id, "sectra_notify_failed", error_type=type(exc).__name__)

@@ -63,7 +63,8 @@ def run(ctx: PipelineContext, record: RunRecord) -> None:
         verify_deidentified(files, identifiers=identifiers_from_metadata(metadata, original_names))
         del metadata
     outgoing = [
-        {"name": f.relative_to(out).as_posix(), "size": f.stat().st_size, "sha256": sha256_of(f)} for f in files
+        {"name": f.relative_to(out).as_posix(), "size": f.stat().st_size, "sha256": sha256_of(f)}
+        for f in files
     ]
     ctx.store.update(
         record.run_id,

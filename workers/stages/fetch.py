@@ -42,8 +42,8 @@ def run(ctx: PipelineContext, record: RunRecord) -> None:
     app = ctx.app(record)
     folder = staged_dir(ctx, record.run_id)
     shutil.rmtree(folder, ignore_errors=True)
-    publisher = publisher_for(ctx, record)
     with ctx.sectra(record) as sectra:
+        publisher = publisher_for(ctx, record, sectra)
         metadata = sectra.get_image_metadata(record.slide_id)
         reason = check_slide(metadata, **app.slide_gate.model_dump())
         if reason:

@@ -37,14 +37,18 @@ def run(ctx: PipelineContext, record: RunRecord) -> JobStatus:
     words = _STATUS_WORDS.get(status.status, status.status)
     pct = f" {status.progress * 100:.0f} %" if status.progress is not None else ""
     ctx.store.update(
-        record.run_id, stage_progress=status.progress, job_status=status.status, message=f"Strand: {words}{pct}"
+        record.run_id,
+        stage_progress=status.progress,
+        job_status=status.status,
+        message=f"Strand: {words}{pct}",
     )
     recently = time.time() - (record.progress_posted_at or 0.0) < ctx.progress_interval
     if status.status not in TERMINAL and not recently:
-        publisher = publisher_for(ctx, record)
         try:
-            publisher.progress(f"Strand: {words}{pct}")
-            remember_result(ctx, record.run_id, publisher)
+            with ctx.sectra(record) as sectra:
+                publisher = publisher_for(ctx, record, sectra)
+                publisher.progress(f"Strand: {words}{pct}")
+                remember_result(ctx, record.run_id, publisher)
             ctx.store.update(record.run_id, progress_posted_at=time.time())
         except Exception as exc:  # progress is a courtesy; the job goes on regardless
             log.warning("progress update to Sectra failed", extra={"error_type": type(exc).__name__})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 
+from sectra_adapter.client import SectraAdapter
 from sectra_adapter.progress import ResultPublisher
 from workers.context import PipelineContext
 from workers.runstore import RunRecord
@@ -17,11 +18,11 @@ from workers.runstore import RunRecord
 log = logging.getLogger(__name__)
 
 
-def publisher_for(ctx: PipelineContext, record: RunRecord) -> ResultPublisher:
+def publisher_for(ctx: PipelineContext, record: RunRecord, sectra: SectraAdapter) -> ResultPublisher:
     """The run's single Sectra result, resumed from the ids the run store remembers."""
     app = ctx.app(record)
     return ResultPublisher(
-        ctx.sectra(record),
+        sectra,
         record.app_id,
         record.slide_id,
         app.version,

@@ -31,8 +31,9 @@ def run(ctx: PipelineContext, record: RunRecord) -> None:
         model=record.model,
         missing_markers=dict(record.summary.get("missing") or {}),
     )
-    publisher = publisher_for(ctx, record)
-    publisher.publish(build_final_result(summary))
-    remember_result(ctx, record.run_id, publisher)
+    with ctx.sectra(record) as sectra:
+        publisher = publisher_for(ctx, record, sectra)
+        publisher.publish(build_final_result(summary))
+        remember_result(ctx, record.run_id, publisher)
     ctx.store.append_event(record.run_id, "published", result_id=publisher.result_id or 0)
     shutil.rmtree(ctx.run_dir(record.run_id), ignore_errors=True)

@@ -87,15 +87,15 @@ def run(ctx: PipelineContext, record: RunRecord) -> None:
             upload_total=cp.total_size,
         )
 
-    publisher = publisher_for(ctx, record)
-    upload = ctx.strand().uploads.upload_file(
-        path,
-        progress=TransferProgress(ctx, record, publisher, "Uploading to Strand"),
-        filename=f"{record.run_id}{Path(entry['name']).suffix}",
-        content_sha256=sha256,
-        resume=resume,
-        on_checkpoint=checkpoint,
-    )
+    with ctx.sectra(record) as sectra:
+        upload = ctx.strand().uploads.upload_file(
+            path,
+            progress=TransferProgress(ctx, record, publisher_for(ctx, record, sectra), "Uploading to Strand"),
+            filename=f"{record.run_id}{Path(entry['name']).suffix}",
+            content_sha256=sha256,
+            resume=resume,
+            on_checkpoint=checkpoint,
+        )
     sent = 0 if upload.existing else entry["size"] - (resume.offset if resume else 0)
     BYTES_UPLOADED.inc(max(sent, 0))
     ctx.store.update(
