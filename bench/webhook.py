@@ -156,17 +156,27 @@ def _payload(host: str, sectra_url: str) -> bytes:
 async def _load(port: int, sectra_url: str, rate: float, duration: float, warmup: float) -> dict[str, Any]:
     total = int((warmup + duration) * rate)
     payloads = [_payload(f"127.0.0.1:{port}", sectra_url) for _ in range(total)]
-    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    # (last used, reader, writer); uvicorn drops keep-alive connections idle for 5 s, so older
+    # ones are closed here rather than reused into a reset.
+    idle: list[tuple[float, asyncio.StreamReader, asyncio.StreamWriter]] = []
     latencies: list[float] = []
     errors: dict[str, int] = {}
 
+    async def connection() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        while idle:
+            used, reader, writer = idle.pop()
+            if time.perf_counter() - used < 2.0:
+                return reader, writer
+            writer.close()
+        return await asyncio.open_connection("127.0.0.1", port)
+
     async def exchange(payload: bytes) -> str:
-        reader, writer = idle.pop() if idle else await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await connection()
         writer.write(payload)
         head = await reader.readuntil(b"\r\n\r\n")
         length = _CONTENT_LENGTH.search(head)
         await reader.readexactly(int(length.group(1)) if length else 0)
-        idle.append((reader, writer))
+        idle.append((time.perf_counter(), reader, writer))
         return head[9:12].decode()
 
     async def one(i: int, scheduled: float) -> None:
@@ -175,7 +185,7 @@ async def _load(port: int, sectra_url: str, rate: float, duration: float, warmup
             await asyncio.sleep(delay)
         try:
             outcome = await asyncio.wait_for(exchange(payloads[i]), timeout=30)
-        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
             outcome = type(exc).__name__
         if i >= warmup * rate:
             latencies.append(time.perf_counter() - scheduled)
@@ -184,7 +194,7 @@ async def _load(port: int, sectra_url: str, rate: float, duration: float, warmup
 
     start = time.perf_counter() + 0.2
     await asyncio.gather(*(one(i, start + i / rate) for i in range(total)))
-    for _, writer in idle:
+    for _, _, writer in idle:
         writer.close()
     latencies.sort()
 
@@ -220,10 +230,34 @@ def _python(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[b
     return subprocess.Popen([sys.executable, __file__, *args], cwd=ROOT, env=merged)
 
 
-def _measure(port: int, sectra_url: str, args: argparse.Namespace) -> dict[str, Any]:
+def _cpu_seconds(pid: int) -> float:
+    """CPU time of a server: its uvicorn supervisor and every worker process under it."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def _measure(port: int, pid: int, sectra_url: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Latencies from the loader, and the server's CPU per request (a figure that load elsewhere
+    on the machine barely moves, unlike latency)."""
+    cpu_before = _cpu_seconds(pid)
     out = subprocess.run(
-        [sys.executable, __file__, "_load", str(port), sectra_url]
-        + [str(args.rate), str(args.duration), str(args.warmup)],
+        [
+            sys.executable,
+            __file__,
+            "_load",
+            str(port),
+            sectra_url,
+            *map(str, (args.rate, args.duration, args.warmup)),
+        ],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         check=True,
@@ -231,6 +265,8 @@ def _measure(port: int, sectra_url: str, args: argparse.Namespace) -> dict[str, 
         text=True,
     )
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    total = int((args.warmup + args.duration) * args.rate)
+    result["cpu_ms_per_request"] = round((_cpu_seconds(pid) - cpu_before) / total * 1000, 2)
     return result
 
 
@@ -258,7 +294,8 @@ def _report(name: str, result: dict[str, Any]) -> None:
     print(
         f"{name:22}  p50 {result['p50_ms']:7.2f} ms  p90 {result['p90_ms']:7.2f} ms  "
         f"p99 {result['p99_ms']:7.2f} ms  max {result['max_ms']:7.2f} ms  "
-        f"n={result['requests']} errors={result['errors'] or 0}"
+        f"server CPU {result['cpu_ms_per_request']:.2f} ms/request  n={result['requests']} "
+        f"errors={result['errors'] or 0}"
     )
 
 
@@ -293,8 +330,8 @@ def main() -> None:
         _wait_for(f"{sectra_url}/dev/slides")
         _wait_for(f"http://127.0.0.1:{ports['bridge']}/healthz")
         _wait_for(f"http://127.0.0.1:{ports['bare']}/healthz")
-        bare = _measure(ports["bare"], sectra_url, args)
-        bridge = _measure(ports["bridge"], sectra_url, args)
+        bare = _measure(ports["bare"], processes[2].pid, sectra_url, args)
+        bridge = _measure(ports["bridge"], processes[1].pid, sectra_url, args)
     finally:
         for process in processes:
             process.terminate()
@@ -302,14 +339,17 @@ def main() -> None:
             process.wait(timeout=30)
         cleaned = _cleanup(args.redis_url, prefix)
     print(
-        f"open-loop load: {args.rate:g} requests/s for {args.duration:g} s (after {args.warmup:g} s warm-up); "
+        f"open-loop load: {args.rate:g} requests/s for {args.duration:g} s (after {args.warmup:g} s warm-up)"
+    )
+    print(
         f"{args.workers} uvicorn worker(s) per server; enqueue: {args.enqueue}; redis keys cleaned: {cleaned}"
     )
     _report("bare FastAPI endpoint", bare)
     _report("bridge POST create", bridge)
     p50_ratio = bridge["p50_ms"] / bare["p50_ms"]
     p99_ratio = bridge["p99_ms"] / bare["p99_ms"]
-    print(f"bridge / bare: p50 x{p50_ratio:.1f}, p99 x{p99_ratio:.1f}")
+    cpu_ratio = bridge["cpu_ms_per_request"] / bare["cpu_ms_per_request"]
+    print(f"bridge / bare: p50 x{p50_ratio:.1f}, p99 x{p99_ratio:.1f}, CPU per request x{cpu_ratio:.1f}")
     met = bridge["p99_ms"] < 50 and not bridge["errors"]
     print(f"target bridge p99 < 50 ms with no errors: {'met' if met else 'NOT met'}")
 

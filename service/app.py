@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 
+import anyio
 import httpx
 import redis
 from fastapi import FastAPI, Request
@@ -22,8 +23,12 @@ from workers.apps import AppConfig, load_apps
 from workers.runstore import RunStore
 from workers.settings import Settings, get_settings
 
-# Enough parallel calls to Sectra servers for the webhook's burst, few enough to be polite.
-_SECTRA_POOL = httpx.Limits(max_connections=64, max_keepalive_connections=16, keepalive_expiry=30.0)
+# Enough parallel calls to Sectra servers for the webhook's burst, few enough to be polite; every
+# connection may stay open, since reconnecting under load costs more than an idle socket.
+_SECTRA_POOL = httpx.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=30.0)
+# Threads for blocking work (Redis, Sectra, the queue). Each request holds one for a few ms;
+# more threads than this only fight over the GIL and raise latency under load.
+BLOCKING_THREADS = 16
 
 
 def _enqueue_with_celery(run_id: str) -> None:
@@ -69,6 +74,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        anyio.to_thread.current_default_thread_limiter().total_tokens = BLOCKING_THREADS
         yield
         if owned_transport is not None:
             owned_transport.close()

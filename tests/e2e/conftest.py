@@ -175,6 +175,9 @@ def _start_webhook(app: Any) -> tuple[str, uvicorn.Server]:
 def bridge(redis_url: str, tmp_path: Path) -> Iterator[Bridge]:
     from sectra_client import mock_server
 
+    # Its own database: these tests flush it and run a worker on its queue.
+    redis_url = redis_url.rsplit("/", 1)[0] + "/14"
+
     mock_server.print = lambda *a, **k: None  # type: ignore[attr-defined]
     client = redis.Redis.from_url(redis_url)
     client.flushdb()  # db 15 is the tests' own; a clean queue and store per end-to-end test
