@@ -20,8 +20,8 @@ class ServiceState:
     store: RunStore
     # Hands a recorded run to the workers; the Celery boundary (tests pass a list's `append`).
     enqueue: Callable[[str], None]
-    # Lets tests route Sectra calls in-process; None in production (real network, real TLS).
-    sectra_transport: httpx.BaseTransport | None = None
+    # One connection pool for every Sectra call the webhook makes (see `sectra_link`).
+    sectra_transport: httpx.BaseTransport
 
 
 def get_state(request: Request) -> ServiceState:

@@ -190,8 +190,12 @@ def cancel_sync(state: ServiceState, app: AppConfig, invocation: CancelInvocatio
         if record.is_final:
             log.info("cancel for a finished run; acknowledged", extra={"status": record.status.value})
             return f"the run has already {record.status.value}"
-        # A new step supersedes a run's scheduled one, so a run waiting on Strand notices at once.
-        state.enqueue(run_id)
+        try:
+            # A new step supersedes a run's scheduled one, so a run waiting on Strand notices at once.
+            state.enqueue(run_id)
+        except Exception as exc:
+            # The flag is stored: the run's own next step (or the recovery sweep) still finds it.
+            log.error("could not wake the run to cancel it", extra={"error_type": type(exc).__name__})
         log.info("cancellation requested")
         return "cancellation requested"
 
@@ -230,10 +234,7 @@ def delete_sync(state: ServiceState, app: AppConfig, invocation: DeleteInvocatio
         log.info("delete for an unknown run; acknowledged", extra={"app": app.id})
         return "no run matches this result; nothing to delete"
     with run_context(run_id=run_id, app=app.id):
-        record = store.get(run_id)
-        if record is not None and not record.is_final:
-            # A worker between checkpoints finds the flag (or the missing record) and stops.
-            store.request_cancel(run_id, "result deleted in Sectra")
+        # A worker still on this run finds the record gone at its next checkpoint and stops.
         store.delete(run_id)
         shutil.rmtree(state.settings.work_dir / run_id, ignore_errors=True)
         log.info("run deleted with its staged files")

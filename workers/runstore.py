@@ -543,16 +543,6 @@ class RunStore:
     def _lease_key(self, run_id: str, name: str) -> str:
         return f"{self._prefix}:run:{run_id}:lease:{name}"
 
-    def acquire_lease(self, run_id: str, name: str, ttl_seconds: float) -> str | None:
-        """Claim a one-holder-at-a-time step of a run; the token to release it, or None when held.
-
-        The lease expires by itself, so a holder that dies (process killed mid-request) does not
-        block the step forever; `ttl_seconds` must exceed the longest the step can take.
-        """
-        token = uuid.uuid4().hex
-        acquired = self._redis.set(self._lease_key(run_id, name), token, nx=True, px=int(ttl_seconds * 1000))
-        return token if acquired else None
-
     def claim_step(self, run_id: str, name: str, *, ttl_seconds: float, done_field: str) -> StepClaim:
         """Claim a once-only step of a run unless its output (`done_field`) is already recorded.
 

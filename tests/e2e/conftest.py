@@ -34,7 +34,17 @@ from workers.runstore import RunRecord, RunStatus, RunStore
 APP = "strand-default"
 PHI = {"patientName": "Doe^Jane^Q", "accessionNumber": "ACC20260042"}
 LABEL_MARKER = b"LBL-MARKER-7Q2Z-LBL"
+TIL_APP = "strand-til"
 FINAL = {RunStatus.completed, RunStatus.failed, RunStatus.cancelled}
+APPS_YAML = """
+strand-default:
+  display_name: "Strand marker panel: CD8, PanCK, Ki67"
+  markers: [CD8, PanCK, Ki67]
+strand-til:
+  display_name: "Strand TIL panel: CD3, CD8"
+  markers: [CD3, CD8]
+  model: v0.7
+"""
 
 
 def slide_metadata(slide_id: str, width: int, height: int, *, stain: str = "H&E") -> ImageMetadata:
@@ -115,11 +125,11 @@ class Bridge:
         return path
 
     def invocation(
-        self, slide_id: str, token: str | None = None, *, action: str = "create"
+        self, slide_id: str, token: str | None = None, *, action: str = "create", app: str = APP
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "action": action,
-            "applicationId": APP,
+            "applicationId": app,
             "slideId": slide_id,
             "callbackInfo": {"url": self.sectra.url, "token": self.sectra.token},
             "cancellationToken": token or str(uuid.uuid4()),
@@ -129,13 +139,13 @@ class Bridge:
         return body
 
     def post(self, body: dict[str, Any]) -> httpx.Response:
-        return httpx.post(f"{self.webhook_url}/sectra/{APP}", json=body, timeout=30)
+        return httpx.post(f"{self.webhook_url}/sectra/{body['applicationId']}", json=body, timeout=30)
 
-    def start_run(self, slide_id: str, token: str | None = None) -> RunRecord:
-        body = self.invocation(slide_id, token)
+    def start_run(self, slide_id: str, token: str | None = None, *, app: str = APP) -> RunRecord:
+        body = self.invocation(slide_id, token, app=app)
         answer = self.post(body)
         assert answer.status_code == 200, answer.text
-        run_id = self.store.find(APP, slide_id, body["cancellationToken"])
+        run_id = self.store.find(app, slide_id, body["cancellationToken"])
         assert run_id is not None
         return self.store.require(run_id)
 
@@ -155,8 +165,14 @@ class Bridge:
     def wait_final(self, run_id: str, timeout: float = 60.0) -> RunRecord:
         return self.wait_for(run_id, lambda r: r.status in FINAL, timeout)
 
-    def results(self, slide_id: str) -> list[Any]:
-        return self.sectra.get_results(APP, slide_id)
+    def results(self, slide_id: str, app: str = APP) -> list[Any]:
+        return self.sectra.get_results(app, slide_id)
+
+    def restart_worker(self, **env: str) -> None:
+        """Replace the worker with one whose environment differs (as a redeploy would)."""
+        self.worker.stop()
+        self.worker = WorkerProcess({**self.worker.env, **env}, self.worker.log_path)
+        self.worker.start()
 
 
 def _start_webhook(app: Any) -> tuple[str, uvicorn.Server]:
@@ -188,8 +204,11 @@ def bridge(redis_url: str, tmp_path: Path) -> Iterator[Bridge]:
     work_dir = tmp_path / "work"
     slides_dir = tmp_path / "slides"
     slides_dir.mkdir()
+    apps_file = tmp_path / "apps.yaml"
+    apps_file.write_text(APPS_YAML)
     env = {
         **os.environ,
+        "BRIDGE_APPS_FILE": str(apps_file),
         "REDIS_URL": redis_url,
         "STRAND_API_KEY": strand.api_key,
         "STRAND_BASE_URL": strand.url,

@@ -145,3 +145,15 @@ def test_image_notification_with_a_refused_callback(make_bridge: BridgeFactory) 
     assert response.json()["error"] == "callback_url_refused"
     assert bridge.sectra.requests == []
     assert bridge.store.list_runs() == []
+
+
+def test_cancel_is_recorded_even_when_the_queue_is_down(make_bridge: BridgeFactory) -> None:
+    def broken(_: str) -> None:
+        raise ConnectionError("broker down")
+
+    bridge = make_bridge(enqueue=broken)
+    body, _, run_id = _created(bridge)
+    response = bridge.post({**body, "action": "cancel"})
+    assert response.status_code == 200
+    assert response.json() == {"note": "cancellation requested"}
+    assert bridge.store.require(run_id).cancel_requested is True

@@ -183,3 +183,51 @@ def test_no_token_reaches_the_logs(make_bridge: BridgeFactory, caplog: pytest.Lo
     assert "could not store the pending result" in text
     assert SECTRA_TOKEN not in text  # ...without the secrets
     assert "hook-secret" not in text
+
+
+def test_a_run_left_without_its_pending_result_is_taken_over(bridge: Bridge) -> None:
+    """A webhook process killed after recording the run but before Sectra answered: Sectra's retry
+    finds the run with no pending result and no lease holder, and finishes the job."""
+    body = bridge.invocation()
+    record, created = bridge.store.create_or_get(
+        app_id="strand-default",
+        slide_id="slide-42",
+        cancellation_token=body["cancellationToken"],
+        callback_url=bridge.sectra.url,
+        callback_token=SECTRA_TOKEN,
+        source="create",
+    )
+    assert created
+    response = bridge.post(body)
+    assert response.status_code == 200
+    assert bridge.store.require(record.run_id).pending_result == response.json()
+    assert bridge.sectra.result_posts() == 1
+    assert bridge.enqueued == [record.run_id]
+
+
+def test_a_duplicate_gives_up_while_the_first_is_still_busy(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live holder (here: a lease taken and never released) keeps duplicates from calling Sectra;
+    they answer 503 with Retry-After instead of waiting forever."""
+    monkeypatch.setattr("service.webhook.DUPLICATE_WAIT_SECONDS", 0.3)
+    body = bridge.invocation()
+    record, _ = bridge.store.create_or_get(
+        app_id="strand-default",
+        slide_id="slide-42",
+        cancellation_token=body["cancellationToken"],
+        callback_url=bridge.sectra.url,
+        callback_token=SECTRA_TOKEN,
+        source="create",
+    )
+    held = bridge.store.claim_step(
+        record.run_id, "pending-result", ttl_seconds=30, done_field="pending_result"
+    )
+    assert held.outcome == "claimed"
+    response = bridge.post(body)
+    assert response.status_code == 503
+    assert response.json()["error"] == "still_processing"
+    assert response.headers["Retry-After"] == "2"
+    assert response.headers["X-Sectra-ApiVersion"] == bridge.sectra.api_version
+    assert bridge.sectra.result_posts() == 0
+    assert bridge.enqueued == []

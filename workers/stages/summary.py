@@ -34,10 +34,12 @@ def run(ctx: PipelineContext, record: RunRecord) -> None:
             microns_per_pixel=record.microns_per_pixel or 0.0,
         )
     if status.status == "partial_failed":
+        # Strand's own reason beats "not in the results": it says why the marker failed.
         delivered = {s.marker for s in summaries}
+        detail = f" ({status.error_message})" if status.error_message else ""
         for marker in app.markers:
             if marker not in delivered:
-                missing.setdefault(marker, messages.partially_delivered([marker]))
+                missing[marker] = messages.partially_delivered([marker]) + detail
     ctx.store.update(
         record.run_id,
         model=status.model or record.model,
