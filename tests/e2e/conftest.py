@@ -7,6 +7,7 @@ new one exactly as Kubernetes would.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -66,6 +67,11 @@ def slide_metadata(slide_id: str, width: int, height: int, *, stain: str = "H&E"
     )
 
 
+def _die_with_parent() -> None:
+    """A worker orphaned by a killed test run would steal the next run's tasks; Linux ends it for us."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 class WorkerProcess:
     """`sectra-bridge worker` as a child process, with its log captured for inspection."""
 
@@ -78,7 +84,11 @@ class WorkerProcess:
         exe = Path(sys.executable).parent / "sectra-bridge"
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [str(exe), "worker", "--concurrency", "4"], env=self.env, stdout=log, stderr=log
+            [str(exe), "worker", "--concurrency", "4"],
+            env=self.env,
+            stdout=log,
+            stderr=log,
+            preexec_fn=_die_with_parent,
         )
         log.close()
 
