@@ -62,6 +62,22 @@ def registration(app_id: str, url: str) -> None:
     click.echo(json.dumps(build_registration(apps[app_id], url).model_dump(mode="json"), indent=2))
 
 
+@main.command()
+@click.option("--sectra-url", default=None, help="A Sectra callback URL to try (with --sectra-token).")
+@click.option("--sectra-token", default=None, help="A Sectra callback token to try; never printed.")
+def check(sectra_url: str | None, sectra_token: str | None) -> None:
+    """Check the configuration and reach Redis, Strand and (optionally) Sectra; exit 1 on any problem."""
+    from service.check import run_check
+    from workers.settings import get_settings
+
+    report = run_check(get_settings(), sectra_url=sectra_url, sectra_token=sectra_token)
+    for line in report.ok:
+        click.echo(f"ok       {line}")
+    for line in report.problems:
+        click.echo(f"PROBLEM  {line}")
+    sys.exit(1 if report.problems else 0)
+
+
 @main.command("fake-strand")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8100, show_default=True, type=int)

@@ -44,6 +44,14 @@ def test_happy_path_posts_ground_truth_figures_once_and_sends_no_phi(bridge: Bri
     events = [e["event"] for e in bridge.store.events(record.run_id)]
     assert "deidentified" in events and "published" in events
 
+    logs = bridge.worker.logs()
+    assert record.run_id in logs, "worker logs carry the run id"
+    for secret in (bridge.strand.api_key, bridge.sectra.token, *PHI.values(), slide.name):
+        assert secret not in logs, "a secret or patient identifier reached the worker log"
+    audit = repr(bridge.store.events(record.run_id))
+    for secret in (bridge.strand.api_key, bridge.sectra.token, *PHI.values()):
+        assert secret not in audit
+
 
 def test_ten_concurrent_duplicate_invocations_are_one_run_and_one_job(bridge: Bridge) -> None:
     bridge.add_slide("slide-dup")
@@ -159,3 +167,25 @@ def test_worker_killed_mid_upload_resumes_the_same_session(bridge: Bridge) -> No
     assert bridge.strand.stats.submits_accepted == 1
     assert bridge.strand.stats.bytes_received < 2 * slide.stat().st_size
     assert len(bridge.results("slide-kill-upload")) == 1
+
+
+def test_sectra_down_at_publish_is_retried_until_it_answers_keeping_the_summary(bridge: Bridge) -> None:
+    bridge.add_slide("slide-sectra-down")
+    bridge.strand.options.job_duration = None
+    run_id = bridge.start_run("slide-sectra-down").run_id
+    waiting = bridge.wait_for(run_id, lambda r: r.status == RunStatus.waiting and r.job_id is not None)
+
+    port = bridge.sectra.port
+    bridge.sectra.stop()
+    bridge.strand.advance(waiting.job_id, "completed", 1.0)
+    stalled = bridge.wait_for(
+        run_id, lambda r: r.status == RunStatus.publishing and r.attempts >= 1, timeout=90
+    )
+    assert stalled.summary is not None, "the summary is kept while Sectra is away"
+    bridge.sectra.run(port=port, host="127.0.0.1")
+
+    record = bridge.wait_final(run_id, timeout=120)
+    assert record.status == RunStatus.completed, record.error
+    (result,) = bridge.results("slide-sectra-down")
+    assert "CD8 " in result.displayResult and "%" in result.displayResult
+    assert bridge.strand.stats.submits_accepted == 1
