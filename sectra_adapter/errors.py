@@ -64,6 +64,3 @@ class CallbackUrlRefused(SectraError):
         self.reason = reason
         super().__init__(reason)
 
-
-class InvalidInvocation(SectraError):
-    """An IA-API invocation body does not match the schema; the message lists fields, never values."""
