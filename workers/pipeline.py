@@ -54,6 +54,19 @@ _STAGES: dict[RunStatus, tuple[Callable[[PipelineContext, RunRecord], object], R
 }
 
 
+# What the run record (and `runs list`, and the demo) says while a stage is under way.
+STAGE_MESSAGES: dict[RunStatus, str] = {
+    RunStatus.downloading: "Fetching the slide from Sectra",
+    RunStatus.deidentifying: "Removing patient data from the copy to be sent",
+    RunStatus.uploading: "Uploading to Strand",
+    RunStatus.submitting: "Submitting the analysis to Strand",
+    RunStatus.waiting: "Waiting for Strand",
+    RunStatus.summarising: "Summarising Strand's marker maps",
+    RunStatus.publishing: "Posting the result to Sectra",
+    RunStatus.completed: "Result posted to Sectra",
+}
+
+
 def advance(ctx: PipelineContext, run_id: str) -> float | None:
     record = ctx.store.get(run_id)
     if record is None or record.status in FINAL:
@@ -75,7 +88,9 @@ def advance(ctx: PipelineContext, run_id: str) -> float | None:
 
 def _step(ctx: PipelineContext, record: RunRecord) -> float | None:
     if record.status == RunStatus.received:
-        ctx.store.transition(record.run_id, RunStatus.downloading)
+        ctx.store.transition(
+            record.run_id, RunStatus.downloading, message=STAGE_MESSAGES[RunStatus.downloading]
+        )
         RUNS_IN_FLIGHT.inc()
         return 0.0
     started = time.monotonic()
@@ -86,7 +101,9 @@ def _step(ctx: PipelineContext, record: RunRecord) -> float | None:
         stage(ctx, record)
     finally:
         STAGE_SECONDS.labels(stage=record.status.value).observe(time.monotonic() - started)
-    ctx.store.transition(record.run_id, next_status, attempts=0, error=None)
+    ctx.store.transition(
+        record.run_id, next_status, attempts=0, error=None, message=STAGE_MESSAGES[next_status]
+    )
     ctx.store.append_event(record.run_id, "stage_done", stage=record.status.value)
     if next_status == RunStatus.completed:
         RUNS_FINISHED.labels(app=record.app_id, status="completed").inc()
@@ -99,7 +116,9 @@ def _step(ctx: PipelineContext, record: RunRecord) -> float | None:
 def _wait(ctx: PipelineContext, record: RunRecord) -> float | None:
     status = follow.run(ctx, record)
     if status.status in ("completed", "partial_failed"):
-        ctx.store.transition(record.run_id, RunStatus.summarising, attempts=0)
+        ctx.store.transition(
+            record.run_id, RunStatus.summarising, attempts=0, message=STAGE_MESSAGES[RunStatus.summarising]
+        )
         ctx.store.append_event(record.run_id, "job_finished", job_status=status.status)
         return 0.0
     if status.status == "failed":
