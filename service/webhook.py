@@ -35,6 +35,7 @@ from service.errors import ApiError
 from service.sectra_link import adapter_for
 from service.state import ServiceState
 from workers.apps import AppConfig
+from workers.dispatch import cancel_strand_job
 from workers.observability import EXTERNAL_CALLS, RUNS_STARTED, run_context
 from workers.runstore import RunNotFound, RunSource, StepClaim
 
@@ -234,6 +235,17 @@ def delete_sync(state: ServiceState, app: AppConfig, invocation: DeleteInvocatio
         log.info("delete for an unknown run; acknowledged", extra={"app": app.id})
         return "no run matches this result; nothing to delete"
     with run_context(run_id=run_id, app=app.id):
+        record = store.get(run_id)
+        if record is not None and record.job_id and not record.is_final:
+            # Nobody will read this job's result: cancel it first so its reservation is refunded.
+            try:
+                cancel_strand_job(record.job_id)
+                log.info("Strand job cancelled before deleting the run")
+            except Exception as exc:
+                log.warning(
+                    "could not cancel the Strand job of a deleted run",
+                    extra={"error_type": type(exc).__name__},
+                )
         # A worker still on this run finds the record gone at its next checkpoint and stops.
         store.delete(run_id)
         shutil.rmtree(state.settings.work_dir / run_id, ignore_errors=True)

@@ -42,3 +42,11 @@ def cancel_run(run_id: str, note: str = "cancelled by an operator") -> None:
     store = runtime.context().store
     store.request_cancel(run_id, note)
     schedule(run_id)
+
+
+def cancel_strand_job(job_id: str) -> None:
+    """Cancel a Strand job whose run is being deleted, so its reserved credits are refunded.
+
+    Raises the client's errors; the caller decides whether a failure matters.
+    """
+    runtime.context().strand().jobs.cancel(job_id)

@@ -189,3 +189,21 @@ def test_sectra_down_at_publish_is_retried_until_it_answers_keeping_the_summary(
     (result,) = bridge.results("slide-sectra-down")
     assert "CD8 " in result.displayResult and "%" in result.displayResult
     assert bridge.strand.stats.submits_accepted == 1
+
+
+def test_delete_while_waiting_cancels_the_strand_job_and_removes_the_run(bridge: Bridge) -> None:
+    bridge.add_slide("slide-delete")
+    bridge.strand.options.job_duration = None
+    token = "delete-token-1"
+    run_id = bridge.start_run("slide-delete", token).run_id
+    waiting = bridge.wait_for(run_id, lambda r: r.status == RunStatus.waiting and r.job_id is not None)
+    (stored,) = bridge.results("slide-delete")
+    body = bridge.invocation("slide-delete", token, action="delete")
+    body["input"] = stored.model_dump(mode="json")
+
+    answer = bridge.post(body)
+
+    assert answer.status_code == 200, answer.text
+    assert bridge.store.get(run_id) is None
+    assert bridge.strand.jobs[waiting.job_id].status == "cancelled"
+    assert not (bridge.work_dir / run_id).exists()
