@@ -15,7 +15,7 @@ import httpx
 import redis
 from fastapi import FastAPI, Request
 
-from service import health, routes_admin, routes_sectra
+from service import health, routes_admin, routes_sectra, ui
 from service.errors import install_error_handlers
 from service.sectra_link import DEFAULT_HEADERS, SharedTransport
 from service.state import ServiceState
@@ -93,4 +93,5 @@ def create_app(
     app.include_router(routes_sectra.router)
     app.include_router(routes_admin.router)
     app.include_router(health.router)
+    app.include_router(ui.router)
     return app
