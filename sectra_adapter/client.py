@@ -7,7 +7,7 @@ idempotent calls (GET, PUT) are retried on connection errors, timeouts, 5xx
 and 429 with backoff, jitter and `Retry-After`; a POST is retried only when it
 provably never reached the server; redirects are never followed; and an expired
 token is replaced once through `/token` when client credentials are configured.
-Underneath httpx's API the bytes move over urllib3 by default (`_transport`),
+Underneath httpx's API the bytes move over urllib3 by default (`transport`),
 which is what lets a slide download keep pace with curl.
 """
 
@@ -34,7 +34,6 @@ from sectra_client.schemas import (
     ResultResponse,
 )
 
-from sectra_adapter._transport import Urllib3Transport
 from sectra_adapter.download import DownloadedFile, ProgressCallback, write_response
 from sectra_adapter.errors import (
     DownloadError,
@@ -46,6 +45,7 @@ from sectra_adapter.errors import (
 )
 from sectra_adapter.retry import RETRYABLE_STATUS, Backoff, parse_retry_after
 from sectra_adapter.tokens import CONFIGURE_HINT, ClientCredentials, parse_grant
+from sectra_adapter.transport import Urllib3Transport
 from sectra_adapter.urls import normalise_base_url
 from sectra_adapter.versions import VERSION_CACHE, version_headers
 

@@ -14,8 +14,10 @@ from pathlib import Path
 import httpx
 
 from sectra_adapter.client import SectraAdapter
+from sectra_adapter.transport import Urllib3Transport
 from strand_client import Client as StrandClient
 from workers.apps import AppConfig
+from workers.metering import CountingTransport
 from workers.runstore import RunRecord, RunStore
 from workers.settings import Settings
 from workers.upload_index import UploadIndex
@@ -58,7 +60,7 @@ class PipelineContext:
             client_id=self.settings.sectra_client_id,
             client_secret=secret.get_secret_value() if secret else None,
             application_id=record.app_id,
-            transport=self.sectra_transport,
+            transport=self.sectra_transport or CountingTransport("sectra", Urllib3Transport()),
         )
 
     def app(self, record: RunRecord) -> AppConfig:

@@ -9,6 +9,7 @@ import redis
 from strand_client import Client as StrandClient
 from workers.apps import load_apps
 from workers.context import PipelineContext
+from workers.metering import CountingTransport
 from workers.runstore import RunStore
 from workers.scheduler import StepScheduler
 from workers.settings import get_settings
@@ -46,7 +47,9 @@ def context() -> PipelineContext:
                 settings=settings,
                 apps=load_apps(settings.apps_file),
                 store=RunStore(client, retention_seconds=retention),
-                strand_factory=lambda: StrandClient(api_key=api_key, base_url=settings.strand_base_url),
+                strand_factory=lambda: StrandClient(
+                    api_key=api_key, base_url=settings.strand_base_url, transport=CountingTransport("strand")
+                ),
                 uploads=UploadIndex(client, ttl_seconds=retention),
                 wait_slice_seconds=settings.wait_slice_seconds,
                 progress_interval=settings.progress_interval_seconds,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -178,6 +179,10 @@ class Bridge:
     def results(self, slide_id: str, app: str = APP) -> list[Any]:
         return self.sectra.get_results(app, slide_id)
 
+    def worker_metrics(self) -> str:
+        port = self.env["BRIDGE_WORKER_METRICS_PORT"]
+        return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+
     def restart_worker(self, **env: str) -> None:
         """Replace the worker with one whose environment differs (as a redeploy would)."""
         self.worker.stop()
@@ -214,6 +219,9 @@ def bridge(redis_url: str, tmp_path: Path) -> Iterator[Bridge]:
     work_dir = tmp_path / "work"
     slides_dir = tmp_path / "slides"
     slides_dir.mkdir()
+    with socket.socket() as probe:  # a free port for the worker's Prometheus endpoint
+        probe.bind(("127.0.0.1", 0))
+        metrics_port = probe.getsockname()[1]
     apps_file = tmp_path / "apps.yaml"
     apps_file.write_text(APPS_YAML)
     env = {
@@ -227,7 +235,7 @@ def bridge(redis_url: str, tmp_path: Path) -> Iterator[Bridge]:
         "BRIDGE_WORK_DIR": str(work_dir),
         "BRIDGE_LEASE_SECONDS": "4",
         "BRIDGE_PROGRESS_INTERVAL_SECONDS": "0.2",
-        "BRIDGE_WORKER_METRICS_PORT": "0",
+        "BRIDGE_WORKER_METRICS_PORT": str(metrics_port),
         "BRIDGE_LOG_LEVEL": "INFO",
     }
     saved = dict(os.environ)

@@ -48,6 +48,13 @@ def test_happy_path_posts_ground_truth_figures_once_and_sends_no_phi(bridge: Bri
     assert record.run_id in logs, "worker logs carry the run id"
     for secret in (bridge.strand.api_key, bridge.sectra.token, *PHI.values(), slide.name):
         assert secret not in logs, "a secret or patient identifier reached the worker log"
+    metrics = bridge.worker_metrics()
+    assert 'bridge_runs_finished_total{app="strand-default",status="completed"} 1.0' in metrics
+    assert 'bridge_external_calls_total{outcome="202",service="strand"} 1.0' in metrics, "one submit"
+    assert 'bridge_stage_duration_seconds_count{stage="uploading"} 1.0' in metrics
+    assert 'bridge_external_calls_total{outcome="200",service="sectra"}' in metrics
+    assert "bridge_slide_bytes_uploaded_total " in metrics
+    assert "bridge_slide_bytes_uploaded_total 0.0" not in metrics
     audit = repr(bridge.store.events(record.run_id))
     for secret in (bridge.strand.api_key, bridge.sectra.token, *PHI.values()):
         assert secret not in audit
