@@ -90,7 +90,7 @@ def ensure_map(workdir: Path, size: int) -> Path:
         shutil.rmtree(target, ignore_errors=True)
         start = time.perf_counter()
         print(f"writing a {size}x{size} float32 sharded map to {target} ...", flush=True)
-        write_results(target, [MARKER], size, size, microns_per_pixel=MPP)
+        write_results(target, [MARKER], size, size, microns_per_pixel=MPP, slide_mpp=MPP)
         done.touch()
         print(f"  written in {time.perf_counter() - start:.0f} s", flush=True)
     return target

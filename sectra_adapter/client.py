@@ -3,25 +3,25 @@
 It replaces `sectra_client.SectraClient` (whose schemas it keeps) because that
 client's retry never fires, it has no timeouts, it reads whole slides into
 memory and trusts server-sent filenames. Here every request has a timeout;
-idempotent calls (GET, PUT) are retried on connection errors, timeouts, 5xx
-and 429 with backoff, jitter and `Retry-After`; a POST is retried only when it
-provably never reached the server; redirects are never followed; and an expired
-token is replaced once through `/token` when client credentials are configured.
+idempotent calls (GET, PUT) are retried by the adapter's one retry layer
+(`retry.Backoff`) on connection errors, timeouts, 5xx and 429, with backoff,
+jitter and `Retry-After` as a floor; a POST is retried only when it provably
+never reached the server; redirects are never followed; and the token is an
+`httpx.Auth` flow (`tokens.SectraTokenAuth`) that renews it through `/token`
+before it expires and once after a 401, when client credentials are configured.
 Underneath httpx's API the bytes move over urllib3 by default (`transport`),
 which is what lets a slide download keep pace with curl.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -37,24 +37,41 @@ from sectra_client.schemas import (
 from sectra_adapter.download import DownloadedFile, ProgressCallback, write_response
 from sectra_adapter.errors import (
     DownloadError,
-    SectraAuthError,
     SectraRequestFailed,
     SectraUnavailable,
     SectraVersionConflict,
     safe_excerpt,
 )
-from sectra_adapter.retry import RETRYABLE_STATUS, Backoff, parse_retry_after
-from sectra_adapter.tokens import CONFIGURE_HINT, ClientCredentials, parse_grant
+from sectra_adapter.retry import RETRYABLE_STATUS, Backoff, describe, parse_retry_after
+from sectra_adapter.tokens import ClientCredentials, SectraTokenAuth, TokenEndpointBusy
 from sectra_adapter.transport import Urllib3Transport
 from sectra_adapter.urls import normalise_base_url
 from sectra_adapter.versions import VERSION_CACHE, version_headers
 
 logger = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
+
 # Errors after which the request certainly never reached the server: safe to resend anything.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+_BODY_BROKE = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 _CONFLICT = frozenset({409, 412})
 _ERROR_BODY_BYTES = 4096
+
+
+class _Busy(Exception):
+    """Sectra answered 408/429/5xx to an idempotent call: worth repeating. Carries the answer."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"status {response.status_code}")
+        self.response = response
+        self.retry_after = parse_retry_after(response.headers.get("retry-after"))
+
+
+def _release(error: BaseException) -> None:
+    """Before a retry: give back the connection of an answer that will not be read."""
+    if isinstance(error, _Busy):
+        error.response.close()
 
 
 class SectraAdapter:
@@ -78,11 +95,10 @@ class SectraAdapter:
         transport: httpx.BaseTransport | None = None,
         backoff: Backoff | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.base_url = normalise_base_url(url, allow_http)
-        self._token = token
-        self._token_lock = threading.Lock()
-        self._credentials = (
+        credentials = (
             ClientCredentials(client_id, client_secret, application_id or "")
             if client_id and client_secret
             else None
@@ -90,8 +106,16 @@ class SectraAdapter:
         self._backoff = backoff or Backoff(max_retries=max_retries)
         self._sleep = sleep
         # The read timeout bounds each wait for bytes, not the whole transfer: a slide may take minutes.
+        limits = httpx.Timeout(timeout, connect=min(timeout, 10.0))
         self._client = httpx.Client(
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            auth=SectraTokenAuth(
+                token,
+                token_url=self.base_url + "/token",
+                credentials=credentials,
+                timeout=limits,
+                clock=clock,
+            ),
+            timeout=limits,
             follow_redirects=False,
             transport=transport if transport is not None else Urllib3Transport(),
             headers={"Accept": "application/json", "User-Agent": "sectra-strand-bridge"},
@@ -147,29 +171,34 @@ class SectraAdapter:
         `progress(bytes_received, total_or_None)` is called every few MiB.
         """
         path = f"/slides/{_seg(slide_id)}/files"
-        attempt = 0
-        while True:
-            response = self._send("GET", path, idempotent=True, stream=True, accept="*/*")
+
+        def once() -> list[DownloadedFile]:
+            response = self._send_once("GET", path, idempotent=True, stream=True, accept="*/*")
             try:
                 self._check(response, path, ok=(200,))
-                return write_response(response.headers, response.iter_bytes(), Path(output_dir), progress)
-            except DownloadError as exc:
-                failure: Exception = exc
-                if not exc.transient:
-                    raise
-            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-                failure = exc
+                try:
+                    return write_response(response.headers, response.iter_bytes(), Path(output_dir), progress)
+                except _BODY_BROKE as exc:
+                    raise DownloadError(
+                        f"truncated body: the connection broke during the download ({type(exc).__name__})",
+                        transient=True,
+                    ) from exc
             finally:
                 response.close()
-            attempt += 1
-            if attempt > self._backoff.max_retries:
-                if isinstance(failure, DownloadError):
-                    raise failure
-                raise DownloadError(
-                    f"truncated body: the connection broke during the download ({type(failure).__name__})",
-                    transient=True,
-                ) from failure
-            self._pause(attempt, None, f"GET {path}", _describe(failure))
+
+        def retry_if(exc: BaseException) -> bool:
+            if isinstance(exc, DownloadError):
+                return exc.transient
+            return _retryable(exc, idempotent=True)
+
+        try:
+            return self._retried(once, retry_if, "GET", path)
+        except _Busy as busy:  # retries spent on a busy Sectra: its last answer names the status
+            try:
+                self._check(busy.response, path, ok=(200,))
+            finally:
+                busy.response.close()
+            raise
 
     def download_slide_files(
         self, slide_id: str, output_dir: Path | str, progress: ProgressCallback | None = None
@@ -227,71 +256,68 @@ class SectraAdapter:
         idempotent: bool,
         params: Mapping[str, str] | None = None,
         json_body: Any = None,
-        form: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        """Send through the retry layer; returns the first answer that is not retried (any status)."""
+        try:
+            return self._retried(
+                lambda: self._send_once(
+                    method, path, idempotent=idempotent, params=params, json_body=json_body
+                ),
+                lambda exc: _retryable(exc, idempotent=idempotent),
+                method,
+                path,
+            )
+        except _Busy as busy:
+            return busy.response  # retries spent: the last answer, mapped by the caller like any other
+
+    def _retried(
+        self, once: Callable[[], _T], retry_if: Callable[[BaseException], bool], method: str, path: str
+    ) -> _T:
+        """`once` through the adapter's retry layer; spent retries end as the adapter's errors."""
+        try:
+            return self._backoff.call(
+                once, retry_if, what=f"{method} {path}", sleep=self._sleep, before_retry=_release
+            )
+        except TokenEndpointBusy:
+            raise
+        except httpx.TransportError as exc:
+            raise SectraUnavailable(
+                f"Sectra did not answer {method} {path} after {self._backoff.max_retries + 1} attempts "
+                f"({describe(exc)})"
+            ) from exc
+
+    def _send_once(
+        self,
+        method: str,
+        path: str,
+        *,
+        idempotent: bool,
+        params: Mapping[str, str] | None = None,
+        json_body: Any = None,
         stream: bool = False,
         accept: str | None = None,
-        basic_auth: tuple[str, str] | None = None,
     ) -> httpx.Response:
-        """Send with retries; returns the first response that is not retried (any status).
-
-        With the bearer token (the default), a 401 triggers one token refresh and
-        one resend, whatever the method: a request refused as unauthenticated was
-        not acted upon. With `basic_auth` (the token request itself) a 401 is returned.
-        """
-        attempt = 0
-        refreshed = False
-        while True:
-            token = self._token
-            headers = {"Authorization": _basic(*basic_auth) if basic_auth else f"Bearer {token}"}
-            if accept is not None:
-                headers.update({"Accept": accept, "Accept-Encoding": "identity"})
-            request = self._client.build_request(
-                method, self.base_url + path, params=params, json=json_body, data=form, headers=headers
-            )
-            retry_after: float | None = None
-            try:
-                response = self._client.send(request, stream=stream)
-            except _NOT_SENT as exc:
-                reason = _describe(exc)
-            except httpx.TransportError as exc:
-                if not idempotent:
-                    raise SectraUnavailable(
-                        f"{method} {path} broke off after it may have reached Sectra "
-                        f"({_describe(exc)}); not retried"
-                    ) from exc
-                reason = _describe(exc)
-            else:
-                if response.status_code == 401 and not basic_auth:
-                    response.close()
-                    if refreshed:
-                        raise SectraAuthError(
-                            f"Sectra refused a freshly issued token for {method} {path}; check that "
-                            "SECTRA_CLIENT_ID / SECTRA_CLIENT_SECRET belong to this application"
-                        )
-                    self._refresh_token(rejected=token)
-                    refreshed = True
-                    continue
-                if not (idempotent and response.status_code in RETRYABLE_STATUS):
-                    return response
-                if attempt >= self._backoff.max_retries:
-                    return response
-                retry_after = parse_retry_after(response.headers.get("retry-after"))
-                reason = f"status {response.status_code}"
-                response.close()
-            attempt += 1
-            if attempt > self._backoff.max_retries:
-                raise SectraUnavailable(
-                    f"Sectra did not answer {method} {path} after {attempt} attempts ({reason})"
-                )
-            self._pause(attempt, retry_after, f"{method} {path}", reason)
-
-    def _pause(self, attempt: int, retry_after: float | None, what: str, reason: str) -> None:
-        delay = self._backoff.delay(attempt, retry_after)
-        logger.warning(
-            "Sectra call failed; retrying",
-            extra={"call": what, "reason": reason, "attempt": attempt, "delay_s": round(delay, 2)},
+        """One exchange (the auth flow may add a `/token` request and one resend after a 401)."""
+        headers = {"Accept": accept, "Accept-Encoding": "identity"} if accept is not None else {}
+        request = self._client.build_request(
+            method, self.base_url + path, params=params, json=json_body, headers=headers
         )
-        self._sleep(delay)
+        try:
+            response = self._client.send(request, stream=stream)
+        except _NOT_SENT:
+            raise
+        except httpx.TransportError as exc:
+            if not idempotent:
+                raise SectraUnavailable(
+                    f"{method} {path} broke off after it may have reached Sectra ({describe(exc)}); "
+                    "not retried"
+                ) from exc
+            raise
+        if idempotent and response.status_code in RETRYABLE_STATUS:
+            if not stream:
+                response.close()
+            raise _Busy(response)
+        return response
 
     def _check(self, response: httpx.Response, path: str, ok: Collection[int]) -> None:
         """Raise the matching error unless the status is one the call expects."""
@@ -304,49 +330,6 @@ class SectraAdapter:
         if status in _CONFLICT:
             raise SectraVersionConflict(status, path, text or "the result was changed by someone else")
         raise SectraRequestFailed(status, path, text or response.reason_phrase)
-
-    def _refresh_token(self, rejected: str) -> None:
-        """Replace the token Sectra just refused, unless another thread already did."""
-        with self._token_lock:
-            if self._token != rejected:
-                return
-            credentials = self._credentials
-            if credentials is None:
-                raise SectraAuthError(
-                    f"Sectra rejected the callback token (401) and cannot issue a new one: {CONFIGURE_HINT}"
-                )
-            if not credentials.application_id:
-                raise SectraAuthError(
-                    "Sectra rejected the callback token (401); a new one needs the application id, "
-                    "which this adapter was not given"
-                )
-            path = "/token"
-            # Idempotent in effect: an extra token issued by a retry changes nothing.
-            response = self._send(
-                "POST",
-                path,
-                idempotent=True,
-                params={"applicationId": credentials.application_id},
-                form={"grant_type": "client_credentials"},
-                basic_auth=(credentials.client_id, credentials.client_secret),
-            )
-            if response.status_code in (400, 401, 403):
-                raise SectraAuthError(
-                    f"Sectra refused the client credentials ({response.status_code} on {path}): "
-                    "check SECTRA_CLIENT_ID and SECTRA_CLIENT_SECRET"
-                )
-            self._check(response, path, ok=(200, 201))
-            grant = parse_grant(_json_or_none(response))
-            if grant is None:
-                raise SectraAuthError(f"Sectra's answer to {path} carries no accessToken")
-            self._token = grant.accessToken
-            logger.info("obtained a new Sectra token", extra={"expires_in_s": grant.expiresIn})
-
-
-def _describe(exc: BaseException) -> str:
-    """Exception class and a redacted message: enough to diagnose, nothing secret."""
-    text = safe_excerpt(str(exc))
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _error_text(response: httpx.Response) -> str:
@@ -369,13 +352,6 @@ def _error_text(response: httpx.Response) -> str:
     return safe_excerpt(text)
 
 
-def _json_or_none(response: httpx.Response) -> object:
-    try:
-        return response.json()
-    except ValueError:
-        return None
-
-
 def _json(response: httpx.Response, path: str) -> Any:
     try:
         return response.json()
@@ -383,8 +359,11 @@ def _json(response: httpx.Response, path: str) -> Any:
         raise SectraRequestFailed(response.status_code, path, "the answer is not JSON") from exc
 
 
-def _basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+def _retryable(exc: BaseException, *, idempotent: bool) -> bool:
+    """Worth another attempt: never sent, a busy `/token`, or any transient failure of an idempotent call."""
+    if isinstance(exc, (*_NOT_SENT, TokenEndpointBusy)):
+        return True
+    return idempotent and isinstance(exc, httpx.TransportError | _Busy)
 
 
 def _seg(value: str) -> str:

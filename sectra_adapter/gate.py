@@ -7,10 +7,16 @@ package need not know the apps configuration.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 from sectra_client.schemas import ImageMetadata
+
+from sectra_adapter.patterns import compile_safe
+
+# Stain names are a few words ("H&E", "Hematoxylin and eosin"); a longer one is not a stain we know,
+# and the bound keeps every pattern's matching time small whatever a caller sends.
+MAX_STAIN_CHARS = 128
+_SHOWN_STAIN_CHARS = 60
 
 
 def check_slide(
@@ -25,12 +31,16 @@ def check_slide(
     """None when the slide is suitable, else the reason it is not (first failing check).
 
     `stain_patterns` are case-insensitive regular expressions searched in the
-    stain's display name (e.g. `^h\\s*&?\\s*e$` accepts "H&E", "HE", "h & e").
+    stain's display name (e.g. `^h\\s*(?:&\\s*)?e$` accepts "H&E", "HE", "h & e"); each
+    must have a linear-time shape (`sectra_adapter.patterns`), or `UnsafePattern` is raised.
     """
     stain = metadata.staining.displayName.strip()
-    if not any(re.search(pattern, stain, re.IGNORECASE) for pattern in stain_patterns):
-        shown = f"Stain is '{stain}'" if stain else "The slide has no stain recorded"
-        return f"{shown}; this app analyses H&E slides"
+    known = len(stain) <= MAX_STAIN_CHARS
+    if not (known and any(compile_safe(pattern).search(stain) for pattern in stain_patterns)):
+        if not stain:
+            return "The slide has no stain recorded; this app analyses H&E slides"
+        shown = stain if known else stain[:_SHOWN_STAIN_CHARS] + "…"
+        return f"Stain is '{shown}'; this app analyses H&E slides"
     width, height = metadata.imageSize.width, metadata.imageSize.height
     if width < min_width_px or height < min_height_px:
         return (

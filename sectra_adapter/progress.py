@@ -19,10 +19,12 @@ from sectra_client.schemas import AdaptedResult, Result, ResultResponse
 from sectra_adapter.client import SectraAdapter
 from sectra_adapter.errors import SectraError, SectraVersionConflict
 from sectra_adapter.results import progress_result
+from sectra_adapter.retry import Backoff
 
 logger = logging.getLogger(__name__)
 
 MAX_CONFLICT_RETRIES = 3
+_REREAD = Backoff()
 
 
 class ResultPublisher:
@@ -73,7 +75,8 @@ class ResultPublisher:
             if self._result_id is None:
                 return self.ensure_created(result)
             result_id = self._result_id
-            for _ in range(MAX_CONFLICT_RETRIES):
+
+            def attempt() -> ResultResponse:
                 if self._version_id is None:
                     self._remember(self._adapter.get_result(self._app_id, result_id))
                 assert self._version_id is not None
@@ -83,11 +86,23 @@ class ResultPublisher:
                 except SectraVersionConflict:
                     logger.info("Sectra result changed meanwhile; rereading", extra={"result_id": result_id})
                     self._version_id = None
-            raise SectraVersionConflict(
-                409,
-                f"/applications/{self._app_id}/results/{result_id}",
-                f"the result kept changing; gave up after {MAX_CONFLICT_RETRIES} attempts",
-            )
+                    raise
+
+            try:
+                # A conflict is answered by rereading, at once: no backoff, a few attempts.
+                return _REREAD.call(
+                    attempt,
+                    lambda exc: isinstance(exc, SectraVersionConflict),
+                    what=f"update result {result_id}",
+                    attempts=MAX_CONFLICT_RETRIES,
+                    wait=False,
+                )
+            except SectraVersionConflict:
+                raise SectraVersionConflict(
+                    409,
+                    f"/applications/{self._app_id}/results/{result_id}",
+                    f"the result kept changing; gave up after {MAX_CONFLICT_RETRIES} attempts",
+                ) from None
 
     def progress(self, message: str, force: bool = False) -> ResultResponse | None:
         """Show `message` as the run's status, unless it is unchanged or the last one was too recent.

@@ -11,6 +11,7 @@ can tell a pending result from a final one.
 from __future__ import annotations
 
 import colorsys
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +32,8 @@ from sectra_adapter.summary import Hotspot, RunSummary
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#F0E442", "#000000")
 DISPLAY_RESULT_CHARS = 200
 _COORD_DIGITS = 6
+_AREA_FIGURES = 3
+GEOMETRY_MISMATCH_LINE = "Map scale from slide size; the results' metadata disagreed"
 
 
 def build_final_result(
@@ -114,6 +117,22 @@ def format_percent(fraction: float) -> str:
     return f"{percent:.1f}%"
 
 
+def format_area(mm2: float) -> str:
+    """`0.0131 mm²`, `1.31 mm²`, `131 mm²`: three significant figures, never exponent notation.
+
+    Two decimals would show a 0.013 mm² focus as `0.01` and pretend a 131.4 mm²
+    section is known to the hundredth. An unknown area (the slide's pixel size
+    was not given) reads `unknown`.
+    """
+    if not math.isfinite(mm2):
+        return "unknown"
+    if mm2 == 0:
+        return "0 mm²"
+    rounded = float(f"{mm2:.{_AREA_FIGURES}g}")
+    decimals = _AREA_FIGURES - 1 - math.floor(math.log10(abs(rounded)))
+    return f"{rounded:.{max(0, decimals)}f} mm²"
+
+
 def _status_result(
     slide_id: str,
     app_version: str,
@@ -146,7 +165,7 @@ def _properties(summary: RunSummary, drawn: Mapping[str, int]) -> dict[str, str 
     for m in summary.markers:
         table[f"{m.marker} positive tissue"] = (
             f"{format_percent(m.positive_fraction)} "
-            f"({m.positive_area_mm2:.2f} mm² of {m.tissue_area_mm2:.2f} mm²)"
+            f"({format_area(m.positive_area_mm2)} of {format_area(m.tissue_area_mm2)})"
         )
         table[f"{m.marker} expression (0-1)"] = (
             f"mean {m.mean:.2f}, median {m.p50:.2f}, P90 {m.p90:.2f}, P99 {m.p99:.2f}"
@@ -154,6 +173,10 @@ def _properties(summary: RunSummary, drawn: Mapping[str, int]) -> dict[str, str 
         table[f"{m.marker} hotspots drawn"] = drawn.get(m.marker, 0)
     for name, reason in summary.missing_markers.items():
         table[f"{name} result"] = _one_line(f"Not available: {reason}")
+    disagreed = [m.marker for m in summary.markers if m.geometry_mismatch]
+    if disagreed:
+        which = "" if len(disagreed) == len(summary.markers) else f" ({', '.join(disagreed)})"
+        table["Map scale"] = GEOMETRY_MISMATCH_LINE + which
     table["Positivity threshold"] = f"{summary.threshold:.2f} (predicted expression, 0-1)"
     table["Strand job"] = summary.job_id
     table["Strand credits used"] = summary.credits if summary.credits is not None else "not reported"

@@ -1,16 +1,28 @@
-"""How long to wait between attempts of an idempotent Sectra call.
+"""The Sectra adapter's one retry layer (on tenacity): how often, how long to wait, what to log.
 
 `sectra_adapter` may not import `strand_client` (the two clients know nothing of
-each other), so it keeps its own copy of the team's policy: exponential backoff
-with full jitter, and a server's `Retry-After` as a floor.
+each other), so it has its own, small layer over the same library and the same
+policy: exponential backoff with full jitter, a server's `Retry-After` as a floor
+(RFC 9110 section 10.2.3). Callers say which failures may be repeated.
 """
 
 from __future__ import annotations
 
 import email.utils
+import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
+
+import tenacity
+
+from sectra_adapter.errors import safe_excerpt
+
+logger = logging.getLogger("sectra_adapter")
+
+T = TypeVar("T")
 
 # 408/425 (request not processed), 429 (rate limited) and gateway/server trouble.
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -18,7 +30,7 @@ RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 @dataclass(frozen=True, slots=True)
 class Backoff:
-    """Delay policy for one call; `max_retries` is read by the caller's loop."""
+    """The policy for one call: `max_retries` repeats after the first try."""
 
     max_retries: int = 5
     base_delay: float = 0.5
@@ -35,6 +47,62 @@ class Backoff:
         if retry_after is not None:
             return max(jittered, min(retry_after, self.max_delay * 4))
         return jittered
+
+    def call(
+        self,
+        fn: Callable[[], T],
+        retry_if: Callable[[BaseException], bool],
+        *,
+        what: str,
+        sleep: Callable[[float], None] = time.sleep,
+        attempts: int | None = None,
+        wait: bool = True,
+        before_retry: Callable[[BaseException], None] | None = None,
+    ) -> T:
+        """Call `fn` until it returns or raises something `retry_if` refuses; the last failure is re-raised.
+
+        `attempts` overrides the policy's `max_retries + 1`; `wait=False` repeats at once (a reread
+        after an optimistic-concurrency conflict needs no backoff). `before_retry` sees each failure
+        that will be retried (to release what it holds).
+        """
+        total = attempts if attempts is not None else self.max_retries + 1
+
+        def pause(state: tenacity.RetryCallState) -> float:
+            if not wait:
+                return 0.0
+            error = state.outcome.exception() if state.outcome is not None else None
+            hint = getattr(error, "retry_after", None)
+            return self.delay(state.attempt_number, hint if isinstance(hint, int | float) else None)
+
+        def log_retry(state: tenacity.RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome is not None else None
+            if error is not None and before_retry is not None:
+                before_retry(error)
+            logger.warning(
+                "Sectra call failed; retrying",
+                extra={
+                    "call": what,
+                    "reason": describe(error) if error is not None else "",
+                    "attempt": state.attempt_number,
+                    "delay_s": round(state.upcoming_sleep, 2),
+                },
+            )
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(retry_if),
+            stop=tenacity.stop_after_attempt(total),
+            wait=pause,
+            sleep=sleep,
+            before_sleep=log_retry,
+            reraise=True,
+        )
+        return retrying(fn)
+
+
+def describe(exc: BaseException) -> str:
+    """Exception class and a short message: enough to diagnose; callers' messages are already safe."""
+    text = safe_excerpt(str(exc))
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -33,6 +33,9 @@ class MarkerSummary:
     p90: float
     p99: float
     hotspots: list[Hotspot] = field(default_factory=list)
+    # Set when the results' geometry metadata contradicted the slide and slide size / map size was
+    # used instead: both figures, in plain words (DESIGN.md "Strand results", Geometry).
+    geometry_mismatch: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,8 @@ Every webhook answer must carry `X-Sectra-ApiVersion` and
 `X-Sectra-SoftwareVersion`. They change only when Sectra is upgraded, so a busy
 webhook reads `/info` once per server per TTL, not once per request; one lookup
 per server runs at a time, and a failed lookup is not repeated for a while.
+What `/info` answers goes into our response headers, so an answer outside the
+header grammar (RFC 9110 §5.5) counts as a failed lookup: never cached, never sent.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import threading
 import time
 from collections.abc import Callable
 
+from pydantic import ValidationError
 from sectra_client.schemas import ApplicationInfo
 
-from sectra_adapter.errors import SectraError
+from sectra_adapter.errors import SectraError, SectraRequestFailed
+from sectra_adapter.header_values import MAX_VALUE_CHARS, is_field_value
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +29,29 @@ FAILURE_BACKOFF_SECONDS = 60.0
 
 def version_headers(info: ApplicationInfo) -> dict[str, str]:
     return {"X-Sectra-ApiVersion": info.apiVersion, "X-Sectra-SoftwareVersion": info.softwareVersion}
+
+
+def check_header_safe(info: ApplicationInfo) -> ApplicationInfo:
+    """`info` when both versions are valid header values; else `SectraRequestFailed`, whose message
+    names the problem but not the value (a CR/LF or non-ASCII answer is not ours to echo)."""
+    for name in ("apiVersion", "softwareVersion"):
+        if not is_field_value(getattr(info, name)):
+            raise SectraRequestFailed(
+                200,
+                "/info",
+                f"'{name}' is not a header field value (RFC 9110 §5.5: visible ASCII, spaces "
+                f"and tabs, at most {MAX_VALUE_CHARS} characters)",
+            )
+    return info
+
+
+def _validated(fetch: Callable[[], ApplicationInfo]) -> ApplicationInfo:
+    """`fetch()`, with an answer that is not `ApplicationInfo` made a `SectraError` like any other
+    bad answer (pydantic's message would quote the value)."""
+    try:
+        return fetch()
+    except ValidationError:
+        raise SectraRequestFailed(200, "/info", "the answer lacks apiVersion or softwareVersion") from None
 
 
 class VersionCache:
@@ -79,7 +106,7 @@ class VersionCache:
             if substitute is not None and recently_failed:
                 return substitute
             try:
-                info = fetch()
+                info = check_header_safe(_validated(fetch))
             except SectraError as exc:
                 with self._guard:
                     self._failed_at[key] = self._clock()

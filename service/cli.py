@@ -8,6 +8,9 @@ import time
 
 import click
 
+from service.analyse_cmd import analyse
+from service.deidentify_cmd import deidentify
+
 
 @click.group()
 def main() -> None:
@@ -18,15 +21,16 @@ def main() -> None:
 @click.option("--host", default="0.0.0.0", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 def serve(host: str, port: int) -> None:
-    """Run the webhook and admin API."""
-    import uvicorn
-
+    """Run the webhook and admin API (with the HTTP limits of README "HTTP limits")."""
     from service.app import create_app
+    from service.server import HttpLimits
+    from service.server import serve as serve_http
     from workers.observability import configure_logging
     from workers.settings import get_settings
 
-    configure_logging(get_settings().log_level)
-    uvicorn.run(create_app(), host=host, port=port, log_config=None, access_log=False)
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    serve_http(create_app(settings), host=host, port=port, limits=HttpLimits.from_settings(settings))
 
 
 @main.command()
@@ -99,6 +103,15 @@ def _store():  # type: ignore[no-untyped-def]
     return runtime.context().store
 
 
+def _checked_run_id(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """A run id off its grammar names no run (and could name another Redis key): refuse it here."""
+    from workers.ids import RUN_ID_RULE, is_run_id
+
+    if not is_run_id(value):
+        raise click.BadParameter(f"must be {RUN_ID_RULE}")
+    return value
+
+
 @runs.command("list")
 @click.option("--status", default=None, help="Only runs in this status.")
 @click.option("--app", "app_id", default=None, help="Only runs of this app.")
@@ -124,7 +137,7 @@ def runs_list(status: str | None, app_id: str | None, limit: int) -> None:
 
 
 @runs.command("show")
-@click.argument("run_id")
+@click.argument("run_id", callback=_checked_run_id)
 def runs_show(run_id: str) -> None:
     """Show a run's record and its audit trail."""
     store = _store()
@@ -138,7 +151,7 @@ def runs_show(run_id: str) -> None:
 
 
 @runs.command("retry")
-@click.argument("run_id")
+@click.argument("run_id", callback=_checked_run_id)
 def runs_retry(run_id: str) -> None:
     """Re-drive a failed run from its last good checkpoint (no re-upload, no re-submit)."""
     from workers.dispatch import retry_run
@@ -153,8 +166,23 @@ def runs_retry(run_id: str) -> None:
     click.echo(f"run {run_id} restarts at {stage.value}")
 
 
+@runs.command("export")
+@click.argument("run_id", callback=_checked_run_id)
+@click.option(
+    "--geojson", "geojson_file", required=True, type=click.Path(dir_okay=False), help="Where to write it."
+)
+def runs_export(run_id: str, geojson_file: str) -> None:
+    """Write a completed run's hotspots as GeoJSON that QuPath imports (level-0 slide pixels)."""
+    from pathlib import Path
+
+    from service.export_cmd import export_run_geojson
+
+    count = export_run_geojson(_store(), run_id, Path(geojson_file))
+    click.echo(f"run {run_id}: {count} features written")
+
+
 @runs.command("cancel")
-@click.argument("run_id")
+@click.argument("run_id", callback=_checked_run_id)
 def runs_cancel(run_id: str) -> None:
     """Ask a run to stop at its next checkpoint (its Strand job is cancelled and refunded)."""
     from workers.dispatch import cancel_run
@@ -165,3 +193,7 @@ def runs_cancel(run_id: str) -> None:
     except RunNotFound as exc:
         raise click.ClickException(f"no run {run_id}") from exc
     click.echo(f"run {run_id}: cancellation requested")
+
+
+main.add_command(deidentify)
+main.add_command(analyse)

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -31,6 +32,16 @@ _CODES = {
     422: "invalid_request",
 }
 _MAX_LISTED_ERRORS = 5
+# Seconds a caller should wait before retrying when a dependency is down (RFC 9110 §10.2.3).
+REDIS_RETRY_AFTER_SECONDS = 5
+SECTRA_RETRY_AFTER_SECONDS = 10
+# Redis cannot take the command now (down, restarting, loading its AOF, failed over); unlike a
+# ResponseError, which is a bug of ours, each clears up by itself.
+_REDIS_DOWN: tuple[type[redis.RedisError], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.ReadOnlyError,
+)
 
 HeadersFor = Callable[[Request], Mapping[str, str]]
 
@@ -46,6 +57,11 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.headers = dict(headers or {})
+
+
+def unavailable(code: str, message: str, retry_after: int) -> ApiError:
+    """The one outage answer for every route: 503, `Retry-After`, and words naming the dependency."""
+    return ApiError(503, code, message, headers={"Retry-After": str(retry_after)})
 
 
 def error_response(
@@ -106,6 +122,15 @@ def install_error_handlers(app: FastAPI, headers_for: HeadersFor) -> None:
         headers = {**headers_for(request), **(exc.headers or {})}
         return error_response(exc.status_code, code, message, headers)
 
+    async def on_redis_down(request: Request, exc: Exception) -> JSONResponse:
+        # Every write is one atomic step (see `RunStore`), so a failed one left nothing half-done.
+        log.warning(
+            "Redis is unavailable", extra={"error_type": type(exc).__name__, "path": request.url.path}
+        )
+        message = "the run store (Redis) is unavailable; retry later"
+        refusal = unavailable("redis_unavailable", message, REDIS_RETRY_AFTER_SECONDS)
+        return await on_api_error(request, refusal)
+
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         # A true bug. The traceback goes to the log (redacted by the formatter), not to the caller.
         log.error("unhandled error", exc_info=exc, extra={"path": request.url.path})
@@ -116,4 +141,6 @@ def install_error_handlers(app: FastAPI, headers_for: HeadersFor) -> None:
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
+    for down in _REDIS_DOWN:
+        app.add_exception_handler(down, on_redis_down)
     app.add_exception_handler(Exception, on_unexpected)

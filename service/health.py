@@ -2,7 +2,8 @@
 
 Readiness checks what a new run needs at once: Redis (run store and queue)
 and room in the work directory for the slide a worker on this host will
-stage. Each check is reported separately so an operator sees which one failed.
+stage. Each check is reported separately, and `missing` names the failed ones,
+so an operator (or a load balancer's log) sees which dependency is down.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from service.errors import REDIS_RETRY_AFTER_SECONDS
 from service.state import get_state
 
 MIN_FREE_BYTES = 1 << 30
@@ -69,10 +71,14 @@ async def readyz(request: Request) -> JSONResponse:
         "redis": {"ok": True} if redis_ok else {"ok": False, "message": "Redis does not answer"},
         "work_dir": await anyio.to_thread.run_sync(check_work_dir, state.settings.work_dir),
     }
-    ready = all(check["ok"] for check in checks.values())
-    return JSONResponse(
-        {"status": "ready" if ready else "not_ready", "checks": checks}, status_code=200 if ready else 503
-    )
+    missing = [name for name, check in checks.items() if not check["ok"]]
+    body: dict[str, Any] = {"status": "not_ready" if missing else "ready", "checks": checks}
+    if missing:
+        body["missing"] = missing
+        body["message"] = f"not ready: {', '.join(missing)} unavailable"
+        headers = {"Retry-After": str(REDIS_RETRY_AFTER_SECONDS)}
+        return JSONResponse(body, status_code=503, headers=headers)
+    return JSONResponse(body)
 
 
 @router.get("/metrics")

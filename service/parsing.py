@@ -23,9 +23,16 @@ from sectra_client.schemas import (
 )
 from starlette.requests import ClientDisconnect
 
+from sectra_adapter.header_values import MAX_TOKEN_CHARS, is_token68
 from service.errors import ApiError, describe_validation_errors
+from workers.ids import SECTRA_ID_RULE, is_sectra_id
 
 MAX_BODY_BYTES = 1 << 20
+# Building Python objects costs ~1 µs per JSON value and holds the GIL (a worker thread would stall
+# the event loop just the same), so the number of values is capped, not only the bytes. A real
+# invocation has a few hundred; 1 MiB of `[0,0,...]` would have half a million.
+MAX_JSON_VALUES = 20_000
+MAX_CALLBACK_URL_CHARS = 2048
 
 AnyInvocation: TypeAlias = (
     CreateInvocation | ModifyInvocation | CancelInvocation | DeleteInvocation | NewImageFilesInvocation
@@ -69,10 +76,41 @@ async def read_json_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes
 
 
 def parse_invocation(raw: bytes) -> AnyInvocation:
+    """The validated invocation, or an `ApiError` naming the first problem; cheap for any body.
+
+    Values that go into a header, a URL or a Redis key are checked here, where they enter,
+    so nothing downstream (Sectra calls, the run store) ever sees one it cannot use.
+    """
+    # Every value but the first follows a ',' or opens a '[' / '{': a C-speed upper bound.
+    if raw.count(b",") + raw.count(b"[") + raw.count(b"{") >= MAX_JSON_VALUES:
+        raise ApiError(413, "body_too_large", f"the body holds more than {MAX_JSON_VALUES} JSON values")
     try:
-        return _INVOCATION.validate_json(raw)
+        invocation = _INVOCATION.validate_json(raw)
     except ValidationError as exc:
         raise _refusal(exc) from None
+    _check_fields(invocation)
+    return invocation
+
+
+def _check_fields(invocation: AnyInvocation) -> None:
+    def refuse(field: str, rule: str) -> ApiError:
+        return ApiError(422, "invalid_invocation", f"field '{field}' must be {rule}")
+
+    if not is_sectra_id(invocation.slideId):
+        raise refuse("slideId", SECTRA_ID_RULE)
+    token = invocation.cancellationToken
+    # Only `delete` may omit it (it then names the result instead).
+    if not (isinstance(invocation, DeleteInvocation) and not token) and not is_sectra_id(token or ""):
+        raise refuse("cancellationToken", SECTRA_ID_RULE)
+    if len(invocation.callbackInfo.url) > MAX_CALLBACK_URL_CHARS:
+        raise refuse("callbackInfo.url", f"at most {MAX_CALLBACK_URL_CHARS} characters")
+    # It is sent back as `Authorization: Bearer <token>` (RFC 9110 §11.2 token68).
+    if not is_token68(invocation.callbackInfo.token):
+        raise refuse(
+            "callbackInfo.token",
+            f"a bearer token of at most {MAX_TOKEN_CHARS} characters "
+            "(letters, digits, '-', '.', '_', '~', '+', '/', then '=' padding)",
+        )
 
 
 def _refusal(exc: ValidationError) -> ApiError:

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from service.auth import require_admin_token
 from service.errors import ApiError
 from service.state import get_state
+from workers.ids import APP_ID_RULE, RUN_ID_RULE, is_app_id, is_run_id
 from workers.runstore import RunStatus
 
 
@@ -35,6 +36,8 @@ async def list_runs(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     state = get_state(request)
+    if app is not None and not is_app_id(app):
+        raise ApiError(400, "invalid_app_id", f"query 'app' must be {APP_ID_RULE}")
     records = await anyio.to_thread.run_sync(
         lambda: state.store.list_runs(status=status, app_id=app, limit=limit)
     )
@@ -44,6 +47,9 @@ async def list_runs(
 @router.get("/{run_id}")
 async def show_run(run_id: str, request: Request) -> dict[str, Any]:
     state = get_state(request)
+    # Checked before it becomes a Redis key: `run-x:events` would name the audit stream.
+    if not is_run_id(run_id):
+        raise ApiError(400, "invalid_run_id", f"path 'run_id' must be {RUN_ID_RULE}")
     record = await anyio.to_thread.run_sync(state.store.get, run_id)
     if record is None:
         raise ApiError(404, "unknown_run", f"no run {run_id!r}")

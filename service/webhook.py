@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-import shutil
 import time
 from typing import Any
 
@@ -29,14 +27,15 @@ from sectra_client.schemas import (
     NewImageFilesInvocation,
 )
 
-from sectra_adapter.errors import SectraError
+from sectra_adapter.errors import SectraError, SectraRequestFailed, SectraUnavailable
 from sectra_adapter.results import pending_result
-from service.errors import ApiError
+from service.errors import SECTRA_RETRY_AFTER_SECONDS, ApiError, unavailable
 from service.sectra_link import adapter_for
 from service.state import ServiceState
 from workers.apps import AppConfig
 from workers.dispatch import cancel_strand_job
-from workers.observability import EXTERNAL_CALLS, RUNS_STARTED, run_context
+from workers.ids import is_run_id
+from workers.observability import RUNS_STARTED, run_context
 from workers.runstore import RunNotFound, RunSource, StepClaim
 
 log = logging.getLogger(__name__)
@@ -46,7 +45,6 @@ PENDING_LEASE = "pending-result"
 PENDING_LEASE_SECONDS = 60.0
 DUPLICATE_WAIT_SECONDS = 10.0
 MODIFY_AUDIT_MAX_BYTES = 64 * 1024
-_RUN_ID = re.compile(r"^run-[0-9a-f]{24}$")
 
 
 async def start_run(
@@ -76,10 +74,10 @@ async def start_run(
                     _store_pending_sync, state, app, invocation, run_id, source, claim.token
                 )
             if claim.outcome == "gone":
-                raise ApiError(
-                    502,
+                raise unavailable(
                     "sectra_unavailable",
                     "an identical invocation could not store its pending result in Sectra; retry later",
+                    SECTRA_RETRY_AFTER_SECONDS,
                 )
             if time.monotonic() >= deadline:
                 raise ApiError(
@@ -146,12 +144,8 @@ def _store_pending_sync(
         store.release_lease(run_id, PENDING_LEASE, lease)
         if not isinstance(exc, SectraError):
             raise
-        EXTERNAL_CALLS.labels(service="sectra", outcome="error").inc()
         log.warning("could not store the pending result in Sectra; run discarded", extra={"reason": str(exc)})
-        raise ApiError(
-            502, "sectra_unavailable", f"could not store the pending result in Sectra: {exc}"
-        ) from None
-    EXTERNAL_CALLS.labels(service="sectra", outcome="ok").inc()
+        raise _sectra_refusal(exc) from None
     body = stored.model_dump(mode="json")
     store.complete_step(
         run_id,
@@ -175,6 +169,15 @@ def _store_pending_sync(
         store.append_event(run_id, "enqueue_failed", error_type=type(exc).__name__)
     log.info("run created", extra={"source": source, "sectra_result_id": stored.id})
     return body
+
+
+def _sectra_refusal(exc: SectraError) -> ApiError:
+    """503 with `Retry-After` when Sectra is down or overloaded (a retry may succeed), else 502."""
+    message = f"could not store the pending result in Sectra: {exc}"
+    status = exc.status_code if isinstance(exc, SectraRequestFailed) else None
+    if isinstance(exc, SectraUnavailable) or (status is not None and (status >= 500 or status in (408, 429))):
+        return unavailable("sectra_unavailable", message, SECTRA_RETRY_AFTER_SECONDS)
+    return ApiError(502, "sectra_refused", message)
 
 
 def cancel_sync(state: ServiceState, app: AppConfig, invocation: CancelInvocation) -> str:
@@ -224,14 +227,14 @@ def modify_sync(state: ServiceState, app: AppConfig, invocation: ModifyInvocatio
 
 
 def delete_sync(state: ServiceState, app: AppConfig, invocation: DeleteInvocation) -> str:
-    """Remove the run's record, audit trail and staged slide files."""
+    """Remove the run's record and audit trail; the workers remove its slide files."""
     store = state.store
     run_id = None
     if invocation.cancellationToken:
         run_id = store.find(app.id, invocation.slideId, invocation.cancellationToken)
     if run_id is None:
         run_id = store.find_by_result(app.id, invocation.input.id)
-    if run_id is None or not _RUN_ID.match(run_id):
+    if run_id is None or not is_run_id(run_id):
         log.info("delete for an unknown run; acknowledged", extra={"app": app.id})
         return "no run matches this result; nothing to delete"
     with run_context(run_id=run_id, app=app.id):
@@ -246,8 +249,9 @@ def delete_sync(state: ServiceState, app: AppConfig, invocation: DeleteInvocatio
                     "could not cancel the Strand job of a deleted run",
                     extra={"error_type": type(exc).__name__},
                 )
-        # A worker still on this run finds the record gone at its next checkpoint and stops.
+        # A worker still on this run finds the record gone at its next checkpoint and stops. The web
+        # role never touches slide files (they are on the workers' volumes): each worker's janitor, or
+        # the run's next step, removes them (`workers.janitor`).
         store.delete(run_id)
-        shutil.rmtree(state.settings.work_dir / run_id, ignore_errors=True)
-        log.info("run deleted with its staged files")
+        log.info("run deleted")
     return "run deleted"

@@ -1,22 +1,21 @@
-"""One pooled `httpx.Client` for the Strand API, its error mapping, and the retry rules.
+"""One pooled `httpx.Client` for the Strand API, its error mapping, and which requests may be repeated.
 
 Retrying is decided per request by a `Retry` mode, because the same failure
 means different things: a timeout on `GET /jobs/{id}` is simply repeated, a
-timeout on `POST /predict` may have created a job that costs credits.
+timeout on `POST /predict` may have created a job that costs credits. How
+often and how patiently is the retry layer's business (`_retry.RetryPolicy`).
 """
 
 from __future__ import annotations
 
 import enum
-import logging
-import time
 from collections.abc import Generator, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import httpx
 
-from strand_client._retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after
+from strand_client._retry import RETRYABLE_STATUS, RetryableAnswer, RetryPolicy, parse_retry_after
 from strand_client.errors import (
     AuthError,
     BadRequestError,
@@ -31,8 +30,6 @@ from strand_client.errors import (
     StrandError,
     UnknownMarkersError,
 )
-
-log = logging.getLogger("strand_client")
 
 # Failures raised before a single byte of the request left this process: always safe to repeat.
 UNSENT_ERRORS: tuple[type[Exception], ...] = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -112,39 +109,40 @@ class HttpSession:
         retry: Retry = Retry.IDEMPOTENT,
         uncertain: type[StrandError] | None = None,
     ) -> httpx.Response:
-        """Send one API request, repeating it only as `retry` allows.
+        """Send one API request, repeating it only as `retry` allows (through the client's retry layer).
 
         `uncertain` is raised instead of a connection or server error when the
         request may have taken effect (only meaningful with `Retry.UNSENT_ONLY`).
         """
-        attempt = 0
-        while True:
-            try:
-                response = self.client.request(method, path, json=json)
-            except httpx.TransportError as exc:
-                unsent = isinstance(exc, UNSENT_ERRORS)
-                if (retry is Retry.IDEMPOTENT or unsent) and attempt < self.policy.max_retries:
-                    attempt += 1
-                    self._backoff(method, path, attempt, None, type(exc).__name__)
-                    continue
-                if not unsent and uncertain is not None:
-                    raise uncertain(f"{method} {path}: no answer from Strand ({type(exc).__name__})") from exc
-                raise StrandConnectionError(
-                    f"{method} {path}: Strand unreachable ({type(exc).__name__})"
-                ) from exc
-            status = response.status_code
-            if retry is Retry.IDEMPOTENT and status in RETRYABLE_STATUS and attempt < self.policy.max_retries:
-                attempt += 1
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                response.close()
-                self._backoff(method, path, attempt, retry_after, f"HTTP {status}")
-                continue
-            if status >= 500 and uncertain is not None:
-                error = error_from_response(response)
-                raise uncertain(error.message, status, error.error_code, error.body)
-            if status >= 400:
-                raise error_from_response(response)
+
+        def once() -> httpx.Response:
+            response = self.client.request(method, path, json=json)
+            if retry is Retry.IDEMPOTENT and response.status_code in RETRYABLE_STATUS:
+                raise RetryableAnswer(response)
             return response
+
+        def retry_if(exc: BaseException) -> bool:
+            if isinstance(exc, httpx.TransportError):
+                return retry is Retry.IDEMPOTENT or isinstance(exc, UNSENT_ERRORS)
+            return isinstance(exc, RetryableAnswer)
+
+        try:
+            response = self.policy.call(once, retry_if, what=f"{method} {path}")
+        except RetryableAnswer as busy:
+            response = busy.response  # retries spent: the last answer is mapped like any other
+        except httpx.TransportError as exc:
+            if not isinstance(exc, UNSENT_ERRORS) and uncertain is not None:
+                raise uncertain(f"{method} {path}: no answer from Strand ({type(exc).__name__})") from exc
+            raise StrandConnectionError(
+                f"{method} {path}: Strand unreachable ({type(exc).__name__})"
+            ) from exc
+        status = response.status_code
+        if status >= 500 and uncertain is not None:
+            error = error_from_response(response)
+            raise uncertain(error.message, status, error.error_code, error.body)
+        if status >= 400:
+            raise error_from_response(response)
+        return response
 
     def get_json(self, path: str) -> dict[str, Any]:
         return _json_object(self.request("GET", path))
@@ -171,14 +169,6 @@ class HttpSession:
                 yield response
         except httpx.TransportError as exc:
             raise StrandConnectionError(f"GET {path}: stream failed ({type(exc).__name__})") from exc
-
-    def _backoff(self, method: str, path: str, attempt: int, retry_after: float | None, why: str) -> None:
-        delay = self.policy.delay(attempt, retry_after)
-        log.warning(
-            "Strand request failed, retrying",
-            extra={"method": method, "path": path, "reason": why, "attempt": attempt, "delay_s": delay},
-        )
-        time.sleep(delay)
 
 
 def _json_object(response: httpx.Response) -> dict[str, Any]:

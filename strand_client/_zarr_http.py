@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 from zarr.abc.store import (
@@ -26,19 +27,20 @@ from zarr.abc.store import (
 from zarr.core.buffer import Buffer, BufferPrototype
 
 from strand_client._http import error_from_response
-from strand_client._retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after
+from strand_client._retry import RETRYABLE_STATUS, RetryableAnswer, RetryPolicy
 from strand_client.errors import StrandConnectionError
 
 _STREAM_CHUNK = 1 << 20
+T = TypeVar("T")
 
 
 class ResultFetcher:
     """Fetches result objects by key: bounded concurrency, timeouts, and retries of these idempotent GETs.
 
     404 means "absent" (zarr reads an absent chunk as its fill value) and comes
-    back as None; 408/429/5xx and transport failures are retried with jittered
-    backoff that honours `Retry-After`; anything else is raised as the client's
-    typed error.
+    back as None; 408/429/5xx and transport failures are retried by the client's
+    retry layer (jittered backoff, `Retry-After` as a floor); anything else is
+    raised as the client's typed error.
     """
 
     def __init__(
@@ -72,18 +74,14 @@ class ResultFetcher:
     async def get(self, key: str, byte_range: ByteRequest | None = None) -> bytes | bytearray | None:
         """The object's bytes (or the requested range of them); None when the object does not exist."""
         headers = {"Range": _range_header(byte_range)} if byte_range is not None else {}
+
+        async def once() -> bytes | bytearray | None:
+            async with self._client.stream("GET", self._url(key), headers=headers) as response:
+                await _raise_if_busy(response)
+                return await _body(key, response, byte_range)
+
         async with self._semaphore:
-            attempt = 0
-            while True:
-                try:
-                    async with self._client.stream("GET", self._url(key), headers=headers) as response:
-                        if response.status_code in RETRYABLE_STATUS and attempt < self._policy.max_retries:
-                            retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                            attempt = await self._backoff_or_raise(key, attempt, None, retry_after)
-                            continue
-                        return await _body(key, response, byte_range)
-                except httpx.TransportError as exc:
-                    attempt = await self._backoff_or_raise(key, attempt, exc, None)
+            return await self._retried(key, once)
 
     async def download(self, key: str, dest: Path) -> bool:
         """Stream one object to `dest` (via a `.part` file, so a failure never leaves a torn copy).
@@ -92,32 +90,41 @@ class ResultFetcher:
         is started again from the first byte: the GET is idempotent.
         """
         part = dest.with_name(dest.name + ".part")
-        async with self._semaphore:
-            attempt = 0
-            while True:
+
+        async def once() -> bool:
+            async with self._client.stream("GET", self._url(key)) as response:
+                await _raise_if_busy(response)
+                if response.status_code == 404:
+                    return False
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise error_from_response(response)
+                await asyncio.to_thread(dest.parent.mkdir, parents=True, exist_ok=True)
+                handle = await asyncio.to_thread(part.open, "wb")
                 try:
-                    async with self._client.stream("GET", self._url(key)) as response:
-                        if response.status_code in RETRYABLE_STATUS and attempt < self._policy.max_retries:
-                            retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                            attempt = await self._backoff_or_raise(key, attempt, None, retry_after)
-                            continue
-                        if response.status_code == 404:
-                            return False
-                        if response.status_code >= 400:
-                            await response.aread()
-                            raise error_from_response(response)
-                        await asyncio.to_thread(dest.parent.mkdir, parents=True, exist_ok=True)
-                        handle = await asyncio.to_thread(part.open, "wb")
-                        try:
-                            async for piece in response.aiter_bytes(_STREAM_CHUNK):
-                                await asyncio.to_thread(handle.write, piece)
-                        finally:
-                            await asyncio.to_thread(handle.close)
-                except httpx.TransportError as exc:
-                    attempt = await self._backoff_or_raise(key, attempt, exc, None)
-                    continue
-                await asyncio.to_thread(os.replace, part, dest)
-                return True
+                    async for piece in response.aiter_bytes(_STREAM_CHUNK):
+                        await asyncio.to_thread(handle.write, piece)
+                finally:
+                    await asyncio.to_thread(handle.close)
+            await asyncio.to_thread(os.replace, part, dest)
+            return True
+
+        async with self._semaphore:
+            return await self._retried(key, once)
+
+    async def _retried(self, key: str, once: Callable[[], Awaitable[T]]) -> T:
+        """`once` through the client's retry layer; spent retries end as the client's typed errors."""
+        try:
+            return await self._policy.acall(
+                once, lambda exc: isinstance(exc, httpx.TransportError | RetryableAnswer), what=f"GET {key}"
+            )
+        except RetryableAnswer as busy:
+            raise error_from_response(busy.response) from None
+        except httpx.TransportError as exc:
+            raise StrandConnectionError(
+                f"Result file {key} could not be fetched after {self._policy.max_retries + 1} attempts "
+                f"({type(exc).__name__})"
+            ) from exc
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -125,18 +132,12 @@ class ResultFetcher:
     def _url(self, key: str) -> str:
         return f"{self.files_url}/{key}"
 
-    async def _backoff_or_raise(
-        self, key: str, attempt: int, error: httpx.TransportError | None, retry_after: float | None
-    ) -> int:
-        """Sleep before the next attempt and return its number, or raise once retries are spent."""
-        if attempt >= self._policy.max_retries:
-            reason = type(error).__name__ if error is not None else "the server kept answering busy"
-            raise StrandConnectionError(
-                f"Result file {key} could not be fetched after {attempt + 1} attempts ({reason})"
-            ) from error
-        attempt += 1
-        await asyncio.sleep(self._policy.delay(attempt, retry_after))
-        return attempt
+
+async def _raise_if_busy(response: httpx.Response) -> None:
+    """A 408/429/5xx answer is retried; its body is read first so the last one can still be mapped."""
+    if response.status_code in RETRYABLE_STATUS:
+        await response.aread()
+        raise RetryableAnswer(response)
 
 
 def _range_header(byte_range: ByteRequest) -> str:

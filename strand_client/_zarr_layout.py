@@ -14,6 +14,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from strand_client._geometry import GeometryError, MapTransform, parse_transform
+
 
 @dataclass(frozen=True, slots=True)
 class DatasetRef:
@@ -22,8 +24,12 @@ class DatasetRef:
     name: str
     level: int
     path: str
-    # (row, column) slide pixels per map pixel, from `coordinateTransformations`; None when not stated.
-    scale: tuple[float, float] | None
+    # From the multiscale's `axes` and `coordinateTransformations`; None when no scale is stated.
+    transform: MapTransform | None = None
+    # Why the geometry metadata cannot be used, in plain words; the map is then not summarised.
+    geometry_error: str | None = None
+    # How many axes the multiscale declares (OME-NGFF: MUST equal the array's dimensions); None if none.
+    ndim: int | None = None
 
 
 def multiscales(attributes: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -46,40 +52,33 @@ def entry_datasets(entry: Mapping[str, Any], *, name: str, prefix: str = "") -> 
     """Every level an entry names; `prefix` makes an image group's relative paths absolute.
 
     Entries whose `path` is not a string are dropped rather than guessed at; the
-    caller reports a level that is then missing.
+    caller reports a level that is then missing. Geometry metadata that
+    contradicts itself is kept as `geometry_error`, for the reader to report.
     """
-    outer = _scale(entry.get("coordinateTransformations"))
     refs: list[DatasetRef] = []
     datasets = entry.get("datasets")
     for level, dataset in enumerate(datasets if isinstance(datasets, list) else []):
         path = dataset.get("path") if isinstance(dataset, dict) else None
         if not isinstance(path, str):
             continue
-        inner = _scale(dataset.get("coordinateTransformations"))
-        scale = inner
-        if inner is not None and outer is not None:
-            scale = (inner[0] * outer[0], inner[1] * outer[1])
+        assert isinstance(dataset, dict)
         full = f"{prefix.rstrip('/')}/{path.strip('/')}" if prefix else path.strip("/")
-        refs.append(DatasetRef(name=name, level=level, path=full, scale=scale))
+        try:
+            transform, error = parse_transform(entry, dataset), None
+        except GeometryError as exc:
+            transform, error = None, str(exc)
+        axes = entry.get("axes")
+        refs.append(
+            DatasetRef(
+                name=name,
+                level=level,
+                path=full,
+                transform=transform,
+                geometry_error=error,
+                ndim=len(axes) if isinstance(axes, list) else None,
+            )
+        )
     return refs
-
-
-def _scale(transforms: Any) -> tuple[float, float] | None:
-    """The (row, column) factors of a `scale` transformation (its last two axes are y, x)."""
-    if not isinstance(transforms, list):
-        return None
-    for transform in transforms:
-        if not isinstance(transform, dict) or transform.get("type") != "scale":
-            continue
-        values = transform.get("scale")
-        if isinstance(values, list) and len(values) >= 2:
-            try:
-                sy, sx = float(values[-2]), float(values[-1])
-            except (TypeError, ValueError):
-                return None
-            if math.isfinite(sy) and math.isfinite(sx) and sy > 0 and sx > 0:
-                return sy, sx
-    return None
 
 
 def chunk_keys(array_meta: Mapping[str, Any]) -> Iterator[str]:

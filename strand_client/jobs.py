@@ -137,11 +137,16 @@ class Job:
     def download_results(self, path: str | os.PathLike[str]) -> Path: ...
 
     def download_results(self, path: str | os.PathLike[str] | None = None) -> Any:
-        """With `path`: mirror the store there byte for byte and return it. Without: an AnnData."""
+        """With `path`: mirror the store there byte for byte and return it. Without: an AnnData.
+
+        The job's markers are passed on, so a flat store (one node per marker at
+        the root, no manifest) is copied whole too.
+        """
         results = self.results()
         try:
             if path is not None:
-                return results.mirror_to(path)
+                markers = (self.last_status or self.refresh()).markers
+                return results.mirror_to(path, markers=markers)
             return results.to_anndata()
         finally:
             results.close()

@@ -29,6 +29,7 @@ import numpy as np
 import zarr
 from zarr.core.sync import sync
 
+from strand_client._geometry import MapTransform, SlideGeometry, resolve_geometry
 from strand_client._retry import RetryPolicy
 from strand_client._zarr_http import HttpResultsStore, ResultFetcher
 from strand_client._zarr_layout import (
@@ -74,12 +75,12 @@ class MapBlock:
 class MarkerMap:
     """One marker at one pyramid level, seen as a 2-D map (leading axes of length 1 are squeezed).
 
-    `scale_to_slide` is how many level-0 slide pixels one map pixel spans, as the
-    store's `coordinateTransformations` state it (their x factor; map pixels are
-    taken to be square). When the store does not say, deriving it from the root
-    `strand.micronsPerPixel` (times `downsample`, this level's size relative to
-    level 0) or from slide size / map size is the caller's job. `value_max` is
-    what a stored value is divided by to get expression in [0, 1].
+    `transform` is what the multiscale's `axes` and `coordinateTransformations`
+    state (OME-NGFF 0.5: a physical pixel size when the axes give a unit), or
+    None when they state no scale; `slide_geometry` turns it into slide pixels
+    and checks it against the slide. `downsample` is level 0's size over this
+    level's. `value_max` is what a stored value is divided by to get
+    expression in [0, 1].
     """
 
     name: str
@@ -87,7 +88,7 @@ class MarkerMap:
     level: int
     array: zarr.Array
     tissue: zarr.Array | None
-    scale_to_slide: float | None
+    transform: MapTransform | None
     downsample: float
     value_max: float
 
@@ -112,6 +113,31 @@ class MarkerMap:
         """(rows, columns) of one storage object: a shard when sharded, else a chunk."""
         grid = self.array.shards or self.array.chunks
         return int(grid[-2]), int(grid[-1])
+
+    def slide_geometry(
+        self,
+        *,
+        slide_mpp: float,
+        slide_size: tuple[int, int],
+        root_mpp: float | None = None,
+        data_beyond_slide: bool = False,
+    ) -> SlideGeometry:
+        """Where this map lies on a slide of `slide_size` (height, width) at `slide_mpp` µm/px (0: unknown).
+
+        `root_mpp` is the store's root `strand.micronsPerPixel`, used only when
+        the map states no scale; `data_beyond_slide` says a first reading found
+        values past the slide's edge. See `resolve_geometry` for the rules.
+        """
+        return resolve_geometry(
+            self.transform,
+            map_shape=(self.height, self.width),
+            storage_block=self.storage_block,
+            downsample=self.downsample,
+            root_mpp=root_mpp,
+            slide_mpp=slide_mpp,
+            slide_size=slide_size,
+            data_beyond_slide=data_beyond_slide,
+        )
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """Stored values of rows `y0:y1`, columns `x0:x1` (absent storage objects read as the fill value)."""
@@ -294,7 +320,20 @@ class JobResults:
             raise ResultsError(
                 f"Marker {name} is not in these results (markers listed: {listed})", marker=name
             )
+        if ref.geometry_error is not None:
+            raise ResultsError(
+                f"Marker {name}: the geometry metadata of {ref.path} cannot be right: {ref.geometry_error}",
+                marker=name,
+                path=ref.path,
+            )
         array = self._open_array(ref, role="marker map")
+        if ref.ndim is not None and ref.ndim != array.ndim:
+            raise ResultsError(
+                f"Marker {name}: the multiscale declares {ref.ndim} axes but {ref.path} "
+                f"has {array.ndim} dimensions",
+                marker=name,
+                path=ref.path,
+            )
         tissue_ref = self._find(TISSUE_NAME, level) if name.lower() != TISSUE_NAME else None
         tissue = self._open_array(tissue_ref, role="tissue mask", marker=name) if tissue_ref else None
         if tissue is not None and tuple(tissue.shape[-2:]) != tuple(array.shape[-2:]):
@@ -312,7 +351,7 @@ class JobResults:
             level=level,
             array=array,
             tissue=tissue,
-            scale_to_slide=ref.scale[1] if ref.scale is not None else None,
+            transform=ref.transform,
             downsample=self._downsample(name, ref, int(array.shape[-1])),
             value_max=value_max,
         )
@@ -322,7 +361,8 @@ class JobResults:
     def mirror_to(self, path: str | os.PathLike[str], markers: Sequence[str] = ()) -> Path:
         """Copy every object the manifest reaches to `path`, byte for byte, streaming each to disk.
 
-        `markers` adds nodes a flat store only reaches by name. A dataset the
+        `markers` adds nodes a flat store only reaches by name (with them, a
+        `tissue` node is looked for too; absent nodes are skipped). A dataset the
         manifest names but the store lacks is dropped from the local root
         `zarr.json` with a warning (the official SDK does the same), so the copy
         opens with `zarr.open`; absent chunk objects stay absent (= fill value).
@@ -335,7 +375,7 @@ class JobResults:
             for entry in multiscales(self.root_attributes())
             for ref in entry_datasets(entry, name=entry_name(entry) or "")
         ]
-        for name in markers:
+        for name in [*markers, TISSUE_NAME] if markers else []:
             if not any(ref.name == name for ref in refs):
                 refs.extend(self._all_levels(name))
         self._prefetch_docs([f"{ref.path}/zarr.json" for ref in refs])
@@ -376,6 +416,7 @@ class JobResults:
         level: int = 0,
         slide_size: tuple[int, int] | None = None,
         max_pixels: int = 16_000_000,
+        slide_mpp: float = 0.0,
     ) -> Any:
         """One observation per map pixel inside tissue, one variable per marker (values in [0, 1]).
 
@@ -384,8 +425,9 @@ class JobResults:
         side); above `max_pixels` it refuses rather than exhaust memory. Tissue is
         where every marker has a value (not NaN) and the tissue node, if any, is
         non-zero. `obsm['spatial']` holds each pixel centre's (x, y) in level-0
-        slide pixels, scaled by `coordinateTransformations`, else by
-        `slide_size` (width, height) / map size, else left in map pixels.
+        slide pixels, placed by `MarkerMap.slide_geometry` for a slide of
+        `slide_size` (width, height) at `slide_mpp` µm/px (physical scales need
+        it); with nothing to go on, left in map pixels.
         """
         try:
             import anndata
@@ -422,8 +464,13 @@ class JobResults:
             columns.append(normalised)
         rows, cols = np.nonzero(inside)
         matrix = np.stack([column[rows, cols] for column in columns], axis=1)
-        scale_x, scale_y = _anndata_scale(maps[0], slide_size)
-        spatial = np.stack([(cols + 0.5) * scale_x, (rows + 0.5) * scale_y], axis=1)
+        geometry = maps[0].slide_geometry(
+            slide_mpp=slide_mpp,
+            slide_size=(slide_size[1], slide_size[0]) if slide_size is not None else (0, 0),
+            root_mpp=self.microns_per_pixel(),
+        )
+        (scale_y, scale_x), (offset_y, offset_x) = geometry.scale, geometry.offset
+        spatial = np.stack([(cols + 0.5) * scale_x + offset_x, (rows + 0.5) * scale_y + offset_y], axis=1)
         return anndata.AnnData(
             X=matrix,
             obs=pd.DataFrame(index=pd.Index((rows * width + cols).astype(str), name="pixel")),
@@ -464,7 +511,7 @@ class JobResults:
         if doc is None:
             return None
         if doc.get("node_type") == "array":
-            return _level([DatasetRef(name=name, level=0, path=name, scale=None)], name, level)
+            return _level([DatasetRef(name=name, level=0, path=name)], name, level)
         entries = multiscales(doc.get("attributes") or {})
         if not entries:
             raise ResultsError(
@@ -603,11 +650,3 @@ def _without_datasets(root_raw: bytes | bytearray, missing: Sequence[str]) -> by
                 if not (isinstance(d, dict) and str(d.get("path", "")).strip("/") in missing)
             ]
     return json.dumps(doc, indent=2).encode()
-
-
-def _anndata_scale(marker_map: MarkerMap, slide_size: tuple[int, int] | None) -> tuple[float, float]:
-    if marker_map.scale_to_slide is not None:
-        return marker_map.scale_to_slide, marker_map.scale_to_slide
-    if slide_size is not None:
-        return slide_size[0] / marker_map.width, slide_size[1] / marker_map.height
-    return 1.0, 1.0

@@ -4,8 +4,8 @@ Rules followed exactly (https://cloud.google.com/storage/docs/performing-resumab
 every non-final chunk is a multiple of 256 KiB; after a 308 the next chunk starts
 where the server's `Range: bytes=0-N` says (N+1 bytes kept; no `Range` = none kept),
 which may be short of what was sent; after 408/429/5xx, a timeout or a reset we
-back off and *ask* (`Content-Range: bytes */TOTAL`) instead of assuming; 404/410
-means the session is gone and a new one is needed.
+back off (the client's retry layer) and *ask* (`Content-Range: bytes */TOTAL`) instead
+of assuming; 404/410 means the session is gone and a new one is needed.
 
 Memory: one reusable buffer of `chunk_size` bytes. Each PUT streams memoryview
 slices of it, so no request object ever owns a copy of a chunk (httpx keeps a
@@ -16,9 +16,7 @@ naive loop grows by hundreds of MiB over a large slide).
 from __future__ import annotations
 
 import io
-import logging
 import re
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,8 +26,6 @@ import httpx
 from strand_client._retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after
 from strand_client.errors import UploadError
 from strand_client.models import UploadCheckpoint
-
-log = logging.getLogger("strand_client")
 
 GCS_QUANTUM = 256 * 1024
 _PIECE = 1024 * 1024  # bytes handed to the socket per write: bounds the transport's transient copies
@@ -54,6 +50,34 @@ class _Transient(Exception):
 class _Outcome:
     complete: bool
     offset: int
+
+
+@dataclass
+class _Session:
+    """Where one session stands, as this sender last learned it from the server."""
+
+    checkpoint: UploadCheckpoint
+    must_ask: bool
+    progress: ProgressCallback | None
+    on_checkpoint: CheckpointCallback | None
+
+    @property
+    def offset(self) -> int:
+        return self.checkpoint.offset
+
+    @property
+    def total(self) -> int:
+        return self.checkpoint.total_size
+
+    def moved_to(self, offset: int) -> None:
+        """Record the server's offset; every change is checkpointed and reported."""
+        if offset == self.checkpoint.offset:
+            return
+        self.checkpoint = replace(self.checkpoint, offset=offset)
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(self.checkpoint)
+        if self.progress is not None:
+            self.progress(offset, self.total)
 
 
 def kept_bytes(response: httpx.Response) -> int:
@@ -100,52 +124,59 @@ class ResumableSender:
         progress: ProgressCallback | None = None,
         on_checkpoint: CheckpointCallback | None = None,
     ) -> None:
-        """Bring the session to "complete". `ask_first` when resuming: the server's offset wins."""
-        url, total = checkpoint.upload_url, checkpoint.total_size
-        offset = checkpoint.offset
-        failures = 0
-        must_ask = ask_first
+        """Bring the session to "complete". `ask_first` when resuming: the server's offset wins.
+
+        Each chunk is one retried unit of the client's retry layer: after a transient failure the
+        next attempt asks the server where it stands, then sends from there. A chunk that moved the
+        offset starts the next one with a fresh count, so only consecutive failures give up.
+        """
+        state = _Session(checkpoint, must_ask=ask_first, progress=progress, on_checkpoint=on_checkpoint)
         with path.open("rb", buffering=0) as source:
             while True:
-                sending = offset < total and not must_ask
                 try:
-                    outcome = (
-                        self._put_chunk(source, url, offset, total) if sending else self._ask(url, total)
+                    complete = self._policy.call(
+                        lambda: self._advance(source, state),
+                        lambda exc: isinstance(exc, _Transient),
+                        what="upload chunk",
                     )
                 except _Transient as exc:
-                    failures = self._back_off(failures, str(exc), exc.status, exc.retry_after)
-                    must_ask = True
-                    continue
-                must_ask = False
-                if outcome.complete:
+                    raise UploadError(
+                        f"Upload gave up after {self._policy.max_retries + 1} consecutive failures "
+                        f"(last: {exc})",
+                        exc.status,
+                        "upload_stalled",
+                    ) from exc
+                if complete:
                     if progress is not None:
-                        progress(total, total)
+                        progress(state.total, state.total)
                     return
-                previous, offset = offset, outcome.offset
-                if offset != previous:
-                    checkpoint = replace(checkpoint, offset=offset)
-                    if on_checkpoint is not None:
-                        on_checkpoint(checkpoint)
-                    if progress is not None:
-                        progress(offset, total)
-                if sending and offset > previous:
-                    failures = 0
-                elif sending or offset >= total:
-                    # A PUT that kept nothing new, or a session holding every byte yet not finalised.
-                    failures = self._back_off(failures, "no progress", 308, None)
 
-    def _back_off(self, failures: int, reason: str, status: int | None, retry_after: float | None) -> int:
-        failures += 1
-        if failures > self._policy.max_retries:
-            raise UploadError(
-                f"Upload gave up after {failures} consecutive failures (last: {reason})",
-                status,
-                "upload_stalled",
-            )
-        delay = self._policy.delay(failures, retry_after)
-        log.warning("Upload chunk failed, backing off", extra={"reason": reason, "delay_s": delay})
-        time.sleep(delay)
-        return failures
+    def _advance(self, source: io.FileIO, state: _Session) -> bool:
+        """One protocol step: learn the server's offset if needed, then send the next chunk.
+
+        True when the session is complete; raises `_Transient` when the step must be retried.
+        """
+        url, total = state.checkpoint.upload_url, state.total
+        if state.must_ask or state.offset >= total:
+            outcome = self._ask(url, total)
+            state.must_ask = False
+            if outcome.complete:
+                return True
+            state.moved_to(outcome.offset)
+            if state.offset >= total:
+                raise _Transient("no progress: the session holds every byte but is not finalised", 308)
+        before = state.offset
+        try:
+            outcome = self._put_chunk(source, url, before, total)
+        except _Transient:
+            state.must_ask = True
+            raise
+        if outcome.complete:
+            return True
+        state.moved_to(outcome.offset)
+        if state.offset <= before:
+            raise _Transient("no progress: the chunk was not kept", 308)
+        return False
 
     def _put_chunk(self, source: io.FileIO, url: str, offset: int, total: int) -> _Outcome:
         length = min(self._chunk_size, total - offset)

@@ -67,55 +67,66 @@ def follow_events(
 ) -> Iterator[JobEvent]:
     """Yield each changed snapshot until a terminal one, reconnecting when the stream drops.
 
-    Raises `JobTimeoutError` at `deadline`, and `StrandConnectionError` once
-    reconnecting has failed `policy.max_retries` times in a row, so that a
-    caller can fall back to polling.
+    Reconnecting is the client's retry layer: a connection that delivered an event
+    starts a fresh count. Raises `JobTimeoutError` at `deadline`, and
+    `StrandConnectionError` once reconnecting has failed `policy.max_retries`
+    times in a row, so that a caller can fall back to polling.
     """
     policy = policy or http.policy
-    failures = 0
+    drops = 0  # consecutive connections that ended without delivering anything
     last: tuple[str, float | None] | None = None
 
     def check_deadline() -> None:
         if deadline is not None and time.monotonic() >= deadline:
             raise JobTimeoutError(f"Strand job {job_id} is still running at the wait deadline")
 
-    while True:
-        check_deadline()
-        read_timeout = HEARTBEAT_READ_TIMEOUT
-        if deadline is not None:
-            read_timeout = max(0.05, min(read_timeout, deadline - time.monotonic()))
-        try:
-            with http.stream(f"/jobs/{job_id}/stream", read_timeout=read_timeout) as response:
-                content_type = response.headers.get("content-type", "").split(";")[0].strip()
-                if content_type != "text/event-stream":
-                    raise StrandError(f"Job stream answered {content_type or 'no content type'}, not SSE")
-                for data in iter_data(response.iter_lines(), check_deadline):
-                    event = _parse(data)
-                    if event is None:
-                        continue
-                    failures = 0
-                    key = (event.status, event.progress)
-                    if key == last:
-                        continue  # a reconnect replays the current snapshot
-                    last = key
-                    yield event
-                    if event.is_terminal:
-                        return
-            reason = "stream ended before a terminal status"
-        except _FINAL_ERRORS:
-            raise
-        except StrandError as exc:
-            # A read timeout at the deadline is the deadline, not a dropped stream.
-            check_deadline()
-            reason = f"{type(exc).__name__}: {exc.message}"
-        failures += 1
-        if failures > policy.max_retries:
-            raise StrandConnectionError(f"Job stream for {job_id} keeps dropping ({reason})")
-        delay = policy.delay(failures)
-        if deadline is not None:
-            delay = min(delay, max(0.0, deadline - time.monotonic()))
-        log.info("Job stream dropped, reconnecting", extra={"reason": reason, "delay_s": delay})
-        time.sleep(delay)
+    retrying = policy.retrying(
+        lambda exc: isinstance(exc, _Dropped),
+        what=f"job stream {job_id}",
+        deadline=deadline,
+        failures=lambda: drops,
+    )
+    try:
+        for attempt in retrying:
+            with attempt:
+                check_deadline()
+                read_timeout = HEARTBEAT_READ_TIMEOUT
+                if deadline is not None:
+                    read_timeout = max(0.05, min(read_timeout, deadline - time.monotonic()))
+                try:
+                    with http.stream(f"/jobs/{job_id}/stream", read_timeout=read_timeout) as response:
+                        content_type = response.headers.get("content-type", "").split(";")[0].strip()
+                        if content_type != "text/event-stream":
+                            raise StrandError(
+                                f"Job stream answered {content_type or 'no content type'}, not SSE"
+                            )
+                        for data in iter_data(response.iter_lines(), check_deadline):
+                            event = _parse(data)
+                            if event is None:
+                                continue
+                            drops = 0
+                            key = (event.status, event.progress)
+                            if key == last:
+                                continue  # a reconnect replays the current snapshot
+                            last = key
+                            yield event
+                            if event.is_terminal:
+                                return
+                    reason = "stream ended before a terminal status"
+                except _FINAL_ERRORS:
+                    raise
+                except StrandError as exc:
+                    # A read timeout at the deadline is the deadline, not a dropped stream.
+                    check_deadline()
+                    reason = f"{type(exc).__name__}: {exc.message}"
+                drops += 1
+                raise _Dropped(reason)
+    except _Dropped as exc:
+        raise StrandConnectionError(f"Job stream for {job_id} keeps dropping ({exc})") from exc
+
+
+class _Dropped(Exception):
+    """The stream ended or broke before a terminal snapshot: reconnect."""
 
 
 def _parse(data: str) -> JobEvent | None:

@@ -13,6 +13,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from sectra_adapter.patterns import UnsafePattern, check_pattern
+
 DEFAULT_APP_ID = "strand-default"
 
 
@@ -21,11 +23,24 @@ class SlideGateOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    stain_patterns: list[str] = Field(default_factory=lambda: [r"^h\s*&?\s*e$", r"hematoxylin", r"^he$"])
+    # Searched in stain names sent by callers, so each must have a linear-time shape (checked below).
+    stain_patterns: list[str] = Field(
+        default_factory=lambda: [r"^h\s*(?:&\s*)?e$", r"hematoxylin", r"^he$"]
+    )
     min_width_px: int = 256
     min_height_px: int = 256
     max_pixels: int = 200_000 * 200_000
     max_microns_per_pixel: float = 2.0
+
+    @field_validator("stain_patterns")
+    @classmethod
+    def _linear_time_patterns(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                check_pattern(pattern)
+            except UnsafePattern as exc:
+                raise ValueError(f"stain pattern {pattern!r} is refused: {exc}") from None
+        return value
 
 
 class AppConfig(BaseModel):

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from celery import Celery
 
+from workers.broker import celery_settings as broker_settings
 from workers.settings import get_settings
 
 QUEUE = "bridge"
 
 # Longer than the longest single step (a multi-GiB slide download or upload on a slow
 # hospital uplink). Kombu re-delivers an unacked message only after this long, so crash
-# recovery does not rely on it: workers re-drive orphaned runs at start-up (see recovery.py).
+# recovery does not rely on it: every worker's recovery sweep (`workers.tasks.recover_runs`, run at
+# start-up and every few seconds) re-drives a run once its lease lapsed and its step is overdue.
 VISIBILITY_TIMEOUT_SECONDS = 6 * 3600
 
 
@@ -26,6 +28,8 @@ def make_celery(broker_url: str | None = None) -> Celery:
     app = Celery("sectra_bridge", broker=url, include=["workers.tasks"])
     transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS}
     app.conf.update(
+        # kombu's Redis transport, fixed to reconnect after a Redis restart (see workers.broker).
+        **broker_settings(url),
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,

@@ -9,22 +9,18 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 
-from sectra_adapter.client import SectraAdapter
-from sectra_adapter.transport import Urllib3Transport
+from sectra_adapter import Backoff, SectraAdapter, Urllib3Transport
 from strand_client import Client as StrandClient
 from workers.apps import AppConfig
-from workers.metering import CountingTransport
+from workers.errors import RunCancelled
+from workers.metering import CountingTransport, InFlight
 from workers.runstore import RunRecord, RunStore
 from workers.settings import Settings
+from workers.staging import Staging
 from workers.upload_index import UploadIndex
-
-
-class RunCancelled(Exception):
-    """Raised at a checkpoint when Sectra or an operator asked the run to stop."""
 
 
 @dataclass
@@ -34,11 +30,16 @@ class PipelineContext:
     store: RunStore
     strand_factory: Callable[[], StrandClient]
     uploads: UploadIndex
+    in_flight: InFlight
     sectra_transport: httpx.BaseTransport | None = None
+    # The Sectra client's retry policy (tests shorten its waits); None = the client's default.
+    sectra_backoff: Backoff | None = None
     # 0 = one status query per wait step; > 0 = follow the SSE stream for that many seconds.
     wait_slice_seconds: float = 0.0
-    # Attempts of a transiently failing step before the run is failed in plain words.
-    max_attempts: int = 8
+    # Attempts of a failing step before the run is failed in plain words. Each attempt of a step that
+    # failed transiently comes after the client's own retries of the request (6 tries by default),
+    # so one request is sent at most 6 x 5 times before the pathologist is told.
+    max_attempts: int = 5
     progress_interval: float = 5.0
     _strand: StrandClient | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -61,13 +62,15 @@ class PipelineContext:
             client_secret=secret.get_secret_value() if secret else None,
             application_id=record.app_id,
             transport=self.sectra_transport or CountingTransport("sectra", Urllib3Transport()),
+            backoff=self.sectra_backoff,
         )
 
     def app(self, record: RunRecord) -> AppConfig:
         return self.apps[record.app_id]
 
-    def run_dir(self, run_id: str) -> Path:
-        return self.settings.work_dir / run_id
+    @property
+    def staging(self) -> Staging:
+        return Staging(self.settings.work_dir)
 
     def check_cancelled(self, run_id: str) -> None:
         record = self.store.get(run_id)

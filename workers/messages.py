@@ -8,6 +8,24 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from workers.states import RunStatus
+
+# What the run record (and `runs list`, and the demo) says while a stage is under way.
+STAGE_MESSAGES: dict[RunStatus, str] = {
+    RunStatus.downloading: "Fetching the slide from Sectra",
+    RunStatus.deidentifying: "Removing patient data from the copy to be sent",
+    RunStatus.uploading: "Uploading to Strand",
+    RunStatus.submitting: "Submitting the analysis to Strand",
+    RunStatus.waiting: "Waiting for Strand",
+    RunStatus.summarising: "Summarising Strand's marker maps",
+    RunStatus.publishing: "Posting the result to Sectra",
+    RunStatus.completed: "Result posted to Sectra",
+}
+
+# Labels of the byte-transfer progress shown in Sectra ("Fetching the slide 42 %").
+FETCH_PROGRESS = "Fetching the slide"
+UPLOAD_PROGRESS = "Uploading to Strand"
+
 
 def _join(names: Iterable[str]) -> str:
     items = list(names)
@@ -60,8 +78,34 @@ def cancelled(refunded: int | None, refund_known: bool) -> str:
     return "Cancelled"
 
 
-def strand_unreachable(attempts: int) -> str:
-    return f"Strand could not be reached after {attempts} attempts; the analysis was stopped"
+def service_unreachable(service: str, attempts: int) -> str:
+    """`service` is "Sectra", "Strand" or "the bridge's own storage" (see `workers.errors.Service`)."""
+    name = service[0].upper() + service[1:]
+    return (
+        f"{name} could not be reached after {attempts} attempts; the analysis was stopped. "
+        "Your administrator can retry it"
+    )
+
+
+def strand_refused(detail: str) -> str:
+    return f"Strand refused the request: {detail}"
+
+
+def strand_key_refused() -> str:
+    return "Strand refused the bridge's API key; ask your administrator to check STRAND_API_KEY"
+
+
+def sectra_refused(detail: str) -> str:
+    return f"Sectra refused the bridge's request: {detail}"
+
+
+def not_prepared() -> str:
+    return "The slide was not prepared for upload; it was not sent to Strand"
+
+
+def strand_job_progress(words: str, progress: float | None) -> str:
+    pct = f" {progress * 100:.0f} %" if progress is not None else ""
+    return f"Strand: {words}{pct}"
 
 
 def sectra_download_failed(detail: str) -> str:

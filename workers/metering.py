@@ -1,4 +1,6 @@
-"""Outcome counts of the workers' calls to Strand, for `bridge_external_calls_total`.
+"""Worker metrics that need more than a counter: outbound call outcomes and runs in flight.
+
+`bridge_external_calls_total` counts the workers' calls to Strand and Sectra by status code.
 
 A transport wrapper sees every request the Strand client makes (API calls and
 upload PUTs alike) without the client knowing about our metrics: the clients
@@ -8,8 +10,9 @@ import nothing of ours.
 from __future__ import annotations
 
 import httpx
+import redis
 
-from workers.observability import EXTERNAL_CALLS
+from workers.observability import EXTERNAL_CALLS, RUNS_IN_FLIGHT
 
 
 class CountingTransport(httpx.BaseTransport):
@@ -30,3 +33,26 @@ class CountingTransport(httpx.BaseTransport):
 
     def close(self) -> None:
         self._inner.close()
+
+
+class InFlight:
+    """`bridge_runs_in_flight`, raised once when a run starts and lowered once when it ends.
+
+    A Redis set of the runs counted decides both, so the gauge cannot drift: a run
+    that ends without having started (cancelled while `received`), a run that is
+    retried and ends twice, or two workers racing on one end, move it once each
+    way. The raise and the lower may happen on different pods; the fleet's sum is
+    the number of runs under way.
+    """
+
+    def __init__(self, client: redis.Redis, *, prefix: str = "bridge") -> None:
+        self._redis = client
+        self._key = f"{prefix}:in-flight"
+
+    def started(self, run_id: str) -> None:
+        if self._redis.sadd(self._key, run_id):
+            RUNS_IN_FLIGHT.inc()
+
+    def finished(self, run_id: str) -> None:
+        if self._redis.srem(self._key, run_id):
+            RUNS_IN_FLIGHT.dec()

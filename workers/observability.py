@@ -4,7 +4,10 @@ Logs are one JSON object per line with `run_id`, `app`, `stage` and `event`
 when known, so an operator can follow a run across processes with `grep`.
 Secrets and PHI must never reach a log line: callers log identifiers and
 counts, and the formatter additionally masks anything shaped like a bearer
-token or a Strand key in case one slips into an exception message.
+token or a Strand key in case one slips into an exception message. Masking
+works on each string of the structured entry before it is serialised: run on
+JSON text, a pattern could eat the backslash of an escaped quote and leave a
+line that no longer parses.
 """
 
 from __future__ import annotations
@@ -34,10 +37,22 @@ _STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
 
 
 def redact(text: str) -> str:
-    """Mask anything that looks like a credential; a last line of defence, not the first."""
+    """Mask anything that looks like a credential in one plain string (never in serialised JSON)."""
     text = _SECRET_PATTERNS[0].sub("sk-strand-***", text)
     text = _SECRET_PATTERNS[1].sub(lambda m: f"{m.group(1)} ***", text)
     return _SECRET_PATTERNS[2].sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
+
+
+def redact_value(value: Any) -> Any:
+    """`redact` applied to every string (keys included) of a JSON-shaped value; a last line of
+    defence, not the first. Run it before `json.dumps`, so escaping stays the serialiser's job."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {redact(str(k)): redact_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_value(v) for v in value]
+    return value
 
 
 class JsonFormatter(logging.Formatter):
@@ -57,7 +72,7 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value if isinstance(value, (int, float, bool)) or value is None else str(value)
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
-        return redact(json.dumps(entry, default=str))
+        return json.dumps(redact_value(entry), default=str)
 
 
 def configure_logging(level: str = "INFO") -> None:

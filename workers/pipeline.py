@@ -2,42 +2,33 @@
 
 `advance` is what every Celery step calls. It returns how long to wait before
 the next step (0 = at once) or None when the run needs no more steps (final,
-deleted, or cancelled). Errors are sorted here, once, into three kinds: the
-pathologist's problem (a plain-words result, no retry), a transient fault
-(retry with backoff, then a plain-words result), and a bug (logged with its
-traceback, retried a few times, then an internal-error result).
+deleted, or cancelled). What a failure means is decided by `workers.errors`
+(refused, transient with the service that failed, or a bug); this module only
+acts on the kind: fail in plain words, or retry the step after the client's
+own retries gave up, a bounded number of times.
+
+The pipeline, not the stages, decides what a stage needs first: a run resumed
+on a pod that lacks its slide files fetches and de-identifies again before the
+stage it is in (stages never call each other).
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import shutil
 import time
 from collections.abc import Callable
 
-import httpx
-
-from sectra_adapter.errors import DownloadError, SectraError, SectraUnavailable
-from sectra_adapter.results import cancelled_result, failure_result
-from strand_client.errors import (
-    BadRequestError,
-    InsufficientCreditsError,
-    MarkerNotAvailableError,
-    NotFoundError,
-    RateLimitError,
-    StrandError,
-    UnknownMarkersError,
-)
+from sectra_adapter import cancelled_result, failure_result
+from strand_client import NotFoundError, StrandError
 from workers import messages
-from workers.context import PipelineContext, RunCancelled
-from workers.deidentify import DeidentificationFailed, UnsupportedSlideFormat
-from workers.observability import RUNS_FINISHED, RUNS_IN_FLIGHT, STAGE_SECONDS, run_context
-from workers.runstore import RunRecord, RunStatus
+from workers.context import PipelineContext
+from workers.errors import Refused, RunCancelled, Service, Transient, classify
+from workers.messages import STAGE_MESSAGES
+from workers.observability import RUNS_FINISHED, STAGE_SECONDS, run_context
+from workers.runstore import RunNotFound, RunRecord, RunStatus
+from workers.sectra_progress import publisher_for, remember_result
 from workers.stages import deid, fetch, follow, publish, submit, summary, upload
-from workers.stages.fetch import RunRefused
-from workers.stages.progress import publisher_for, remember_result
-from workers.stages.submit import SubmissionPending
 
 log = logging.getLogger(__name__)
 
@@ -53,37 +44,51 @@ _STAGES: dict[RunStatus, tuple[Callable[[PipelineContext, RunRecord], object], R
     RunStatus.publishing: (publish.run, RunStatus.completed),
 }
 
-
-# What the run record (and `runs list`, and the demo) says while a stage is under way.
-STAGE_MESSAGES: dict[RunStatus, str] = {
-    RunStatus.downloading: "Fetching the slide from Sectra",
-    RunStatus.deidentifying: "Removing patient data from the copy to be sent",
-    RunStatus.uploading: "Uploading to Strand",
-    RunStatus.submitting: "Submitting the analysis to Strand",
-    RunStatus.waiting: "Waiting for Strand",
-    RunStatus.summarising: "Summarising Strand's marker maps",
-    RunStatus.publishing: "Posting the result to Sectra",
-    RunStatus.completed: "Result posted to Sectra",
+# Who a stray network error (one no client mapped) came from, by the stage that saw it.
+_NETWORK_SERVICE: dict[RunStatus, Service] = {
+    RunStatus.downloading: Service.sectra,
+    RunStatus.deidentifying: Service.sectra,
+    RunStatus.uploading: Service.strand,
+    RunStatus.submitting: Service.strand,
+    RunStatus.waiting: Service.strand,
+    RunStatus.summarising: Service.strand,
+    RunStatus.publishing: Service.sectra,
 }
+
+# The step's own backoff, on top of the clients' per-request retries: 1-2 s, 2-4 s, ... at most 300 s.
+_STEP_BACKOFF_CAP = 300.0
 
 
 def advance(ctx: PipelineContext, run_id: str) -> float | None:
     record = ctx.store.get(run_id)
-    if record is None or record.status in FINAL:
+    if record is None:
+        _forget(ctx, run_id)
+        return None
+    if record.status in FINAL:
         return None
     with run_context(run_id=run_id, app=record.app_id, stage=record.status.value):
-        if record.cancel_requested:
-            _finish_cancelled(ctx, record)
-            return None
+        ctx.in_flight.started(run_id)
         try:
-            return _step(ctx, record)
-        except RunCancelled:
-            fresh = ctx.store.get(run_id)
-            if fresh is not None:
-                _finish_cancelled(ctx, fresh)
+            if record.cancel_requested:
+                _finish_cancelled(ctx, record)
+                return None
+            try:
+                return _step(ctx, record)
+            except RunCancelled:
+                fresh = ctx.store.get(run_id)
+                if fresh is None:
+                    _forget(ctx, run_id)
+                else:
+                    _finish_cancelled(ctx, fresh)
+                return None
+            except RunNotFound:
+                raise
+            except Exception as exc:
+                return _handle_error(ctx, record, exc)
+        except RunNotFound:
+            # Deleted (Sectra `delete`) while a stage or its error handling was writing to it.
+            _forget(ctx, run_id)
             return None
-        except Exception as exc:
-            return _handle_error(ctx, record, exc)
 
 
 def _step(ctx: PipelineContext, record: RunRecord) -> float | None:
@@ -91,26 +96,48 @@ def _step(ctx: PipelineContext, record: RunRecord) -> float | None:
         ctx.store.transition(
             record.run_id, RunStatus.downloading, message=STAGE_MESSAGES[RunStatus.downloading]
         )
-        RUNS_IN_FLIGHT.inc()
         return 0.0
     started = time.monotonic()
     try:
         if record.status == RunStatus.waiting:
             return _wait(ctx, record)
+        record = _prepare_inputs(ctx, record)
         stage, next_status = _STAGES[record.status]
         stage(ctx, record)
     finally:
         STAGE_SECONDS.labels(stage=record.status.value).observe(time.monotonic() - started)
+    if next_status == RunStatus.completed:
+        ctx.staging.remove(record.run_id)  # before the run reads completed: no slide file outlives it
     ctx.store.transition(
         record.run_id, next_status, attempts=0, error=None, message=STAGE_MESSAGES[next_status]
     )
     ctx.store.append_event(record.run_id, "stage_done", stage=record.status.value)
     if next_status == RunStatus.completed:
         RUNS_FINISHED.labels(app=record.app_id, status="completed").inc()
-        RUNS_IN_FLIGHT.dec()
+        ctx.in_flight.finished(record.run_id)
         log.info("run completed")
         return None
     return 0.0
+
+
+def _prepare_inputs(ctx: PipelineContext, record: RunRecord) -> RunRecord:
+    """Bring the files the stage needs onto this pod (the work volume is per pod): fetch, de-identify."""
+    if record.status == RunStatus.uploading and upload.needs_outgoing_copy(ctx, record):
+        ctx.store.append_event(record.run_id, "prepare_again", reason="outgoing copy not on this pod")
+        record = _ensure_originals(ctx, record)
+        deid.run(ctx, record)
+        return ctx.store.require(record.run_id)
+    if record.status == RunStatus.deidentifying:
+        return _ensure_originals(ctx, record)
+    return record
+
+
+def _ensure_originals(ctx: PipelineContext, record: RunRecord) -> RunRecord:
+    if deid.inputs(ctx, record) is not None:
+        return record
+    ctx.store.append_event(record.run_id, "fetch_again", reason="slide not on this pod")
+    fetch.run(ctx, record)
+    return ctx.store.require(record.run_id)
 
 
 def _wait(ctx: PipelineContext, record: RunRecord) -> float | None:
@@ -131,65 +158,38 @@ def _wait(ctx: PipelineContext, record: RunRecord) -> float | None:
 
 
 def _handle_error(ctx: PipelineContext, record: RunRecord, exc: Exception) -> float | None:
-    plain = _plain_words(exc)
-    if plain is not None:
-        log.info("run refused", extra={"error_type": type(exc).__name__})
-        _fail(ctx, record, plain)
+    kind = classify(exc, network_service=_NETWORK_SERVICE.get(record.status, Service.storage))
+    error_type = type(exc).__name__
+    if isinstance(kind, Refused):
+        log.info("run refused", extra={"error_type": error_type})
+        _fail(ctx, record, kind.message)
         return None
-    if isinstance(exc, RateLimitError):
-        delay = exc.retry_after if exc.retry_after is not None else 5.0
-        ctx.store.append_event(record.run_id, "rate_limited", retry_after=delay)
-        return delay
     attempts = record.attempts + 1
-    transient = _is_transient(exc)
-    if transient:
+    if isinstance(kind, Transient):
+        # The client already retried the request itself; this retries the step on top, and says so.
         log.warning(
-            "transient failure; will retry", extra={"error_type": type(exc).__name__, "attempt": attempts}
+            "still failing after the client's own retries; the step will be retried",
+            extra={"error_type": error_type, "service": kind.service.value, "attempt": attempts},
         )
     else:
         log.exception("unexpected failure in stage", extra={"attempt": attempts})
-    ctx.store.update(record.run_id, attempts=attempts, error=f"{type(exc).__name__}: {exc}"[:500])
-    ctx.store.append_event(record.run_id, "step_failed", error_type=type(exc).__name__, attempt=attempts)
+    service = kind.service.value if isinstance(kind, Transient) else "bridge"
+    ctx.store.update(record.run_id, attempts=attempts, error=f"{error_type}: {exc}"[:500])
+    ctx.store.append_event(
+        record.run_id, "step_failed", error_type=error_type, service=service, attempt=attempts
+    )
     publishing = record.status == RunStatus.publishing
-    if attempts >= ctx.max_attempts and not (publishing and transient):
-        message = (
-            messages.strand_unreachable(attempts) if transient else messages.internal_error(record.run_id)
-        )
-        _fail(ctx, record, message)
+    if attempts >= ctx.max_attempts and not (publishing and isinstance(kind, Transient)):
+        if isinstance(kind, Transient):
+            _fail(ctx, record, kind.message(attempts))
+        else:
+            _fail(ctx, record, messages.internal_error(record.run_id))
         return None
-    return min(300.0, random.uniform(0.5, 1.0) * 2 ** min(attempts, 8))
-
-
-def _plain_words(exc: Exception) -> str | None:
-    """The pathologist-facing reason for failures no retry can fix; None for the others."""
-    if isinstance(exc, RunRefused | UnsupportedSlideFormat):
-        return str(exc)
-    if isinstance(exc, DeidentificationFailed):
-        return str(exc)
-    if isinstance(exc, InsufficientCreditsError):
-        return messages.insufficient_credits(exc.required, exc.balance)
-    if isinstance(exc, UnknownMarkersError):
-        return messages.unknown_markers(exc.unknown)
-    if isinstance(exc, MarkerNotAvailableError):
-        return messages.markers_not_available(exc.unavailable)
-    if isinstance(exc, DownloadError) and not exc.transient:
-        return messages.sectra_download_failed(str(exc))
-    if isinstance(exc, BadRequestError | NotFoundError):
-        return f"Strand refused the request: {exc}"
-    return None
-
-
-def _is_transient(exc: Exception) -> bool:
-    if isinstance(exc, SubmissionPending | httpx.TransportError | TimeoutError | ConnectionError):
-        return True
-    if isinstance(exc, StrandError):
-        return exc.status_code is None or exc.status_code >= 500 or exc.status_code in (408, 429)
-    if isinstance(exc, DownloadError | SectraUnavailable):
-        return not isinstance(exc, DownloadError) or exc.transient
-    if isinstance(exc, SectraError):
-        status = getattr(exc, "status_code", None)
-        return status is None or status >= 500 or status in (408, 429)
-    return False
+    delay = min(_STEP_BACKOFF_CAP, random.uniform(0.5, 1.0) * 2 ** min(attempts, 8))
+    if isinstance(kind, Transient) and kind.retry_after is not None:
+        delay = max(delay, kind.retry_after)  # a server's Retry-After is a floor
+    ctx.store.append_event(record.run_id, "step_retry_scheduled", delay_s=round(delay, 1), attempt=attempts)
+    return delay
 
 
 def _post_final(ctx: PipelineContext, record: RunRecord, message: str, *, cancelled: bool) -> None:
@@ -211,13 +211,17 @@ def _post_final(ctx: PipelineContext, record: RunRecord, message: str, *, cancel
 
 
 def _fail(ctx: PipelineContext, record: RunRecord, message: str, *, refundable: bool = True) -> None:
+    """Fail the run. Its files stay for `runs retry`; the janitor removes the originals after retention."""
     if refundable and record.job_id:
-        _cancel_strand_job(ctx, record)
+        try:
+            _cancel_strand_job(ctx, record)
+        except Exception as exc:  # the failure is what the pathologist must read; the refund is logged
+            log.warning("could not cancel the Strand job", extra={"error_type": type(exc).__name__})
     ctx.store.transition(record.run_id, RunStatus.failed, error=message, message=message)
     ctx.store.append_event(record.run_id, "failed", reason=message)
     _post_final(ctx, record, message, cancelled=False)
     RUNS_FINISHED.labels(app=record.app_id, status="failed").inc()
-    RUNS_IN_FLIGHT.dec()
+    ctx.in_flight.finished(record.run_id)
 
 
 def _cancel_strand_job(ctx: PipelineContext, record: RunRecord) -> tuple[int | None, bool]:
@@ -252,9 +256,16 @@ def _finish_cancelled(ctx: PipelineContext, record: RunRecord) -> None:
             log.warning("could not cancel the Strand job", extra={"error_type": type(exc).__name__})
             known = False
     message = messages.cancelled(refunded, known)
+    ctx.staging.remove(record.run_id)  # before the run reads cancelled: no slide file outlives it
     ctx.store.transition(record.run_id, RunStatus.cancelled, message=message, cancel_note=message)
     ctx.store.append_event(record.run_id, "cancelled", refunded=refunded or 0)
     _post_final(ctx, record, message, cancelled=True)
-    shutil.rmtree(ctx.run_dir(record.run_id), ignore_errors=True)
     RUNS_FINISHED.labels(app=record.app_id, status="cancelled").inc()
-    RUNS_IN_FLIGHT.dec()
+    ctx.in_flight.finished(record.run_id)
+
+
+def _forget(ctx: PipelineContext, run_id: str) -> None:
+    """The run was deleted: free this pod's copy of its files and stop counting it."""
+    if ctx.staging.remove(run_id):
+        log.info("run deleted; its files on this pod were removed", extra={"run_id": run_id})
+    ctx.in_flight.finished(run_id)

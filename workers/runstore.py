@@ -34,7 +34,8 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
-from workers.observability import redact
+from workers.ids import RUN_ID_RULE, is_run_id
+from workers.observability import redact_value
 from workers.states import FINAL_STATES, IllegalTransition, RunStatus, check_transition
 
 __all__ = [
@@ -53,6 +54,7 @@ RunSource = Literal["create", "newImageFiles", "operator"]
 
 # Progress events are throttled upstream; the cap only guards Redis memory against a runaway loop.
 _EVENTS_MAX = 10_000
+_EVENTS_PAGE = 500
 # They define the run (its id derives from them) or its place in the indexes.
 _IDENTITY_FIELDS = frozenset({"run_id", "app_id", "slide_id", "cancellation_token", "created_at"})
 _SECRET_KEY = re.compile(r"(?i)token|secret|password|authori[sz]ation|api[_-]?key|cookie")
@@ -181,7 +183,9 @@ def _refuse_identity(fields: Mapping[str, Any]) -> None:
 
 
 def _event_payload(data: Mapping[str, Any]) -> str:
-    return redact(json.dumps(_scrub(data), separators=(",", ":"), default=str))
+    # Redacted as a structure, then serialised: the JSON stays valid whatever the strings hold.
+    plain = json.loads(json.dumps(_scrub(data), default=str))
+    return json.dumps(redact_value(plain), separators=(",", ":"))
 
 
 def _scrub(data: Any) -> Any:
@@ -191,6 +195,15 @@ def _scrub(data: Any) -> Any:
     if isinstance(data, list | tuple):
         return [_scrub(v) for v in data]
     return data
+
+
+def _event_data(raw: str) -> Any:
+    """An entry's data; one written unparseable (by a release that redacted JSON text) is reported
+    as such instead of making the whole trail unreadable."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return {"unreadable": True}
 
 
 # KEYS: record, all-index, status-index, app-index. ARGV: ttl, score, prune-before, run_id, field/value...
@@ -291,10 +304,14 @@ class RunStore:
     # -- keys ---------------------------------------------------------------------------------
 
     def _record_key(self, run_id: str) -> str:
+        # Every per-run key starts here; an id off its grammar (`run-x:events`) would name another key.
+        # Public methods answer "no such run" for one; this is the last line, for any that forgets.
+        if not is_run_id(run_id):
+            raise ValueError(f"not a run id: must be {RUN_ID_RULE}")
         return f"{self._prefix}:run:{run_id}"
 
     def _events_key(self, run_id: str) -> str:
-        return f"{self._prefix}:run:{run_id}:events"
+        return f"{self._record_key(run_id)}:events"
 
     def _result_key(self, result_id: int) -> str:
         # Sectra numbers results per app, so the key holds one field per app (the JSON-encoded
@@ -356,6 +373,8 @@ class RunStore:
         return _decode(reply[1]), False
 
     def get(self, run_id: str) -> RunRecord | None:
+        if not is_run_id(run_id):
+            return None  # no run has that id, and it must not become a key
         reply = self._redis.hgetall(self._record_key(run_id))
         return _decode(reply) if reply else None
 
@@ -413,6 +432,8 @@ class RunStore:
         event: tuple[str, Mapping[str, Any]] | None = None,
     ) -> Any:
         _refuse_identity(fields)
+        if not is_run_id(run_id):
+            return None  # as for a deleted run
         fields["updated_at"] = time.time()
         keys = [
             self._record_key(run_id),
@@ -445,6 +466,8 @@ class RunStore:
         if "status" in fields:
             raise ValueError("pass the new status as `to`")
         _refuse_identity(fields)
+        if not is_run_id(run_id):
+            raise RunNotFound(run_id)
         key = self._record_key(run_id)
         with self._redis.pipeline() as pipe:
             while True:
@@ -541,7 +564,7 @@ class RunStore:
     # -- leases -------------------------------------------------------------------------------
 
     def _lease_key(self, run_id: str, name: str) -> str:
-        return f"{self._prefix}:run:{run_id}:lease:{name}"
+        return f"{self._record_key(run_id)}:lease:{name}"
 
     def claim_step(self, run_id: str, name: str, *, ttl_seconds: float, done_field: str) -> StepClaim:
         """Claim a once-only step of a run unless its output (`done_field`) is already recorded.
@@ -551,6 +574,8 @@ class RunStore:
         """
         if done_field not in RunRecord.model_fields:
             raise ValueError(f"RunRecord has no field {done_field!r}")
+        if not is_run_id(run_id):
+            return StepClaim("gone")
         token = uuid.uuid4().hex
         reply = self._claim_script(
             keys=[self._record_key(run_id), self._lease_key(run_id, name)],
@@ -565,6 +590,8 @@ class RunStore:
 
     def release_lease(self, run_id: str, name: str, token: str) -> None:
         """Release a lease if (and only if) this token still holds it."""
+        if not is_run_id(run_id):
+            return
         self._release_script(keys=[self._lease_key(run_id, name)], args=[token])
 
     # -- audit trail --------------------------------------------------------------------------
@@ -575,6 +602,8 @@ class RunStore:
         Values keyed like credentials are replaced, and the entry passes the log redactor too:
         callers should pass identifiers and counts only, never slide metadata (PHI).
         """
+        if not is_run_id(run_id):
+            return None
         reply = self._append_script(
             keys=[self._record_key(run_id), self._events_key(run_id)],
             args=[self._ttl, _EVENTS_MAX, f"{time.time():.6f}", event, _event_payload(data)],
@@ -582,19 +611,29 @@ class RunStore:
         return None if reply is None else _text(reply)
 
     def events(self, run_id: str) -> list[dict[str, Any]]:
-        entries = self._redis.xrange(self._events_key(run_id)) or []
+        if not is_run_id(run_id):
+            return []
+        key = self._events_key(run_id)
         out: list[dict[str, Any]] = []
-        for entry_id, raw in entries:
-            values = {_text(k): _text(v) for k, v in (raw or {}).items()}
-            out.append(
-                {
-                    "id": _text(entry_id),
-                    "ts": float(values["ts"]),
-                    "event": values["event"],
-                    "data": json.loads(values.get("data", "{}")),
-                }
-            )
-        return out
+        start = "-"
+        while True:
+            # Paged: one 10 000-entry reply is parsed in C, holding the GIL (so every thread of the
+            # web process, its event loop included) for ~100 ms; a page takes a few.
+            entries = self._redis.xrange(key, min=start, count=_EVENTS_PAGE) or []
+            for entry_id, raw in entries:
+                values = {_text(k): _text(v) for k, v in (raw or {}).items()}
+                out.append(
+                    {
+                        "id": _text(entry_id),
+                        "ts": float(values["ts"]),
+                        "event": values["event"],
+                        "data": _event_data(values.get("data", "{}")),
+                    }
+                )
+            if len(entries) < _EVENTS_PAGE:
+                return out
+            millis, _, seq = _text(entries[-1][0]).partition("-")
+            start = f"{millis}-{int(seq) + 1}"  # just after the last entry (XRANGE is inclusive)
 
     def ping(self) -> bool:
         try:

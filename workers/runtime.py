@@ -9,7 +9,7 @@ import redis
 from strand_client import Client as StrandClient
 from workers.apps import load_apps
 from workers.context import PipelineContext
-from workers.metering import CountingTransport
+from workers.metering import CountingTransport, InFlight
 from workers.runstore import RunStore
 from workers.scheduler import StepScheduler
 from workers.settings import get_settings
@@ -51,6 +51,7 @@ def context() -> PipelineContext:
                     api_key=api_key, base_url=settings.strand_base_url, transport=CountingTransport("strand")
                 ),
                 uploads=UploadIndex(client, ttl_seconds=retention),
+                in_flight=InFlight(client),
                 wait_slice_seconds=settings.wait_slice_seconds,
                 progress_interval=settings.progress_interval_seconds,
             )

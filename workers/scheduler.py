@@ -1,16 +1,26 @@
-"""Scheduling the next step of a run so that exactly one chain of steps drives it.
+"""Scheduling the next step of a run so that exactly one chain of steps drives it, when it said it would.
 
-Every scheduled step carries a fresh token stored in Redis; a step whose token
-is no longer current (a redelivered message, a step superseded by recovery or
-an operator retry) does nothing. Without this, recovery after a crash could
-leave two chains polling the same job forever.
+Every scheduled step carries a fresh token stored in Redis with the time it is
+due; a step whose token is no longer current (a redelivered message, a step
+superseded by recovery or an operator retry) does nothing. Without the token,
+recovery after a crash could leave two chains polling the same job forever;
+without the due time, recovery could not tell a run waiting out a 256 s
+backoff (or a `Retry-After`) from a run whose worker died.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
+from dataclasses import dataclass
 
 import redis
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledStep:
+    token: str
+    due_at: float
 
 
 class StepScheduler:
@@ -20,22 +30,33 @@ class StepScheduler:
         self._ttl = ttl_seconds
 
     def _key(self, run_id: str) -> str:
-        return f"{self._prefix}:next-step:{run_id}"
+        return f"{self._prefix}:step:{run_id}"
 
-    def new_token(self, run_id: str) -> str:
+    def new_token(self, run_id: str, delay: float = 0.0) -> str:
+        """Make a new step the run's only current one, due `delay` seconds from now."""
         token = uuid.uuid4().hex
-        self._redis.set(self._key(run_id), token, ex=self._ttl)
+        key = self._key(run_id)
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={"token": token, "due_at": repr(time.time() + max(0.0, delay))})
+            pipe.expire(key, self._ttl)
+            pipe.execute()
         return token
 
+    def current(self, run_id: str) -> ScheduledStep | None:
+        token, due_at = self._redis.hmget(self._key(run_id), ["token", "due_at"])
+        if token is None or due_at is None:
+            return None
+        return ScheduledStep(_text(token), float(_text(due_at)))
+
     def is_current(self, run_id: str, token: str | None) -> bool:
-        current = self._redis.get(self._key(run_id))
+        current = self._redis.hget(self._key(run_id), "token")
         if current is None:
             return True
-        current_text = current.decode() if isinstance(current, bytes) else str(current)
-        return token is not None and current_text == token
+        return token is not None and _text(current) == token
 
     def lease_key(self, run_id: str) -> str:
         return f"{self._prefix}:lease:{run_id}"
 
-    def forget(self, run_id: str) -> None:
-        self._redis.delete(self._key(run_id))
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -6,6 +6,10 @@ SDK decodes it whole. Here each block is folded into fixed-size accumulators
 dropped, so memory depends on the block size, never on the map.
 
 Definitions (the results contract in DESIGN.md):
+- geometry (where map pixels lie on the slide, hence areas and boxes):
+  `MarkerMap.slide_geometry`, OME-NGFF units honoured and cross-checked
+  against slide size / map size; only map pixels over the slide count (a map
+  padded to whole shards has none of the slide past its edge);
 - tissue: the `tissue` node's non-zero pixels when the store has one, and for
   float maps only non-NaN pixels; with neither, every pixel;
 - values are normalised to [0, 1] (integers divided by their dtype's maximum);
@@ -16,36 +20,26 @@ Definitions (the results contract in DESIGN.md):
   use 65536 equal bins over [0, 1] and report a bin's centre, so each
   percentile is within 2**-17 (about 7.6e-6) of the exact value;
 - hotspots are windows of `hotspot_window_um` (in slide microns) ranked by
-  positive pixels per window area, sliding in quarter-window steps,
-  non-overlapping, reported as level-0 slide-pixel boxes.
+  positive pixels per window area, sliding in quarter-window steps from the
+  first map pixel over the slide, non-overlapping, reported as level-0
+  slide-pixel boxes.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from sectra_adapter.summary import Hotspot, MarkerSummary
-from strand_client.results import BLOCK_BYTES, JobResults, MapBlock, MarkerMap, ResultsError
+from strand_client.results import BLOCK_BYTES, JobResults, MapBlock, MarkerMap, ResultsError, SlideGeometry
 
 _FLOAT_BINS = 65536
 _HOTSPOT_STEPS = 4  # windows slide by a quarter of their side
 _MAX_GRID_SIDE = 4096  # hotspot grid cells per axis, whatever the window: keeps the grid small
 _PERCENTILES = (50, 90, 99)
 _STRIP_ROWS = 128  # rows of a block folded in at once
-
-
-@dataclass(frozen=True, slots=True)
-class _Geometry:
-    """How map pixels relate to the slide: slide pixels per map pixel, and map pixel size in microns."""
-
-    scale_y: float
-    scale_x: float
-    pixel_um_y: float  # NaN when neither the slide nor the store says how big a pixel is
-    pixel_um_x: float
 
 
 def summarise_marker(
@@ -62,21 +56,51 @@ def summarise_marker(
 ) -> MarkerSummary:
     """One marker's summary over tissue, reading the map once, block by block.
 
-    Map pixel size comes from the map's `coordinateTransformations` scale, else
-    the store's root `strand.micronsPerPixel` (`root_microns_per_pixel`, which
-    describes level 0), else slide size / map size; `microns_per_pixel` is the
-    slide's. When no source gives a pixel size in microns (slide µm/px unknown
-    and passed as 0), the two areas are NaN and everything else still holds.
-    Raises `ResultsError` naming the marker when the map cannot be read or has
-    no tissue at all. `block_bytes` trades memory for fewer, larger reads.
+    Where the map lies on the slide comes from `MarkerMap.slide_geometry`: the
+    map's OME-NGFF `coordinateTransformations` in its axes' units, else the
+    store's root `strand.micronsPerPixel` (`root_microns_per_pixel`, level 0),
+    else slide size / map size, always checked against slide size / map size
+    (`MarkerSummary.geometry_mismatch` says when the metadata lost).
+    `microns_per_pixel` is the slide's. Map pixels beyond the slide (a map
+    padded to whole shards) are not tissue. When nothing gives a pixel size in
+    microns (slide µm/px unknown and passed as 0), the two areas are NaN and
+    everything else still holds. Raises `ResultsError` naming the marker when
+    the map cannot be read or has no tissue at all. `block_bytes` trades
+    memory for fewer, larger reads.
     """
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be within [0, 1], not {threshold}")
-    geometry = _geometry(marker_map, slide_width, slide_height, microns_per_pixel, root_microns_per_pixel)
-    stats = _Accumulator(marker_map, threshold, geometry, hotspot_window_um)
+    slide = (slide_height, slide_width)
+    geometry = marker_map.slide_geometry(
+        slide_mpp=microns_per_pixel, slide_size=slide, root_mpp=root_microns_per_pixel
+    )
+    stats = _read_pass(marker_map, threshold, geometry, slide, hotspot_window_um, block_bytes)
+    if geometry.padded and stats.beyond_slide:
+        # Taken for padding, the excess holds data: the metadata is wrong after all. A second read,
+        # only on this rare path, keeps the first one to fixed-size accumulators.
+        geometry = marker_map.slide_geometry(
+            slide_mpp=microns_per_pixel,
+            slide_size=slide,
+            root_mpp=root_microns_per_pixel,
+            data_beyond_slide=True,
+        )
+        stats = _read_pass(marker_map, threshold, geometry, slide, hotspot_window_um, block_bytes)
+    return stats.summary(top_hotspots, slide_width, slide_height)
+
+
+def _read_pass(
+    marker_map: MarkerMap,
+    threshold: float,
+    geometry: SlideGeometry,
+    slide: tuple[int, int],
+    window_um: float,
+    block_bytes: int,
+) -> _Accumulator:
+    window = geometry.slide_window((marker_map.height, marker_map.width), slide)
+    stats = _Accumulator(marker_map, threshold, geometry, window, window_um)
     for block in marker_map.blocks(block_bytes=block_bytes):
         stats.add(block)
-    return stats.summary(top_hotspots, slide_width, slide_height)
+    return stats
 
 
 def summarise_job(
@@ -121,39 +145,24 @@ def summarise_job(
     return summaries, missing
 
 
-def _geometry(
-    marker_map: MarkerMap,
-    slide_width: int,
-    slide_height: int,
-    slide_mpp: float,
-    root_mpp: float | None,
-) -> _Geometry:
-    known_slide_mpp = slide_mpp > 0 and math.isfinite(slide_mpp)
-    if marker_map.scale_to_slide is not None:
-        scale_y = scale_x = marker_map.scale_to_slide
-    elif root_mpp is not None and known_slide_mpp:
-        scale_y = scale_x = root_mpp * marker_map.downsample / slide_mpp
-    elif slide_width > 0 and slide_height > 0:
-        scale_y, scale_x = slide_height / marker_map.height, slide_width / marker_map.width
-    else:
-        scale_y = scale_x = 1.0  # nothing relates the map to the slide: boxes stay in map pixels
-    if known_slide_mpp:
-        um_y, um_x = slide_mpp * scale_y, slide_mpp * scale_x
-    elif root_mpp is not None and marker_map.scale_to_slide is None:
-        um_y = um_x = root_mpp * marker_map.downsample
-    else:
-        um_y = um_x = math.nan
-    return _Geometry(scale_y, scale_x, um_y, um_x)
-
-
 class _Accumulator:
-    """Everything the summary needs, folded in one block at a time; size independent of the map."""
+    """Everything the summary needs, folded in one block at a time; size independent of the map.
+
+    Only the map pixels over the slide (`window`: rows r0:r1, columns c0:c1)
+    are counted; the hotspot grid starts at (r0, c0).
+    """
 
     def __init__(
-        self, marker_map: MarkerMap, threshold: float, geometry: _Geometry, window_um: float
+        self,
+        marker_map: MarkerMap,
+        threshold: float,
+        geometry: SlideGeometry,
+        window: tuple[int, int, int, int],
+        window_um: float,
     ) -> None:
         self.map = marker_map
         self.geometry = geometry
+        self.r0, self.r1, self.c0, self.c1 = window
         dtype = marker_map.dtype
         self.exact_counts = dtype.kind in "uib" and dtype.itemsize <= 2
         if self.exact_counts:
@@ -166,26 +175,53 @@ class _Accumulator:
         self.value_sum = 0.0
         self.tissue_px = 0
         self.positive_px = 0
+        self.beyond_slide = 0  # stored values past the slide's edge; only counted for a padded geometry
+        self.rows, self.cols = max(0, self.r1 - self.r0), max(0, self.c1 - self.c0)
         self.cell_h, self.window_cells_y = _cells(
-            window_um, geometry.pixel_um_y, geometry.scale_y, marker_map.height
+            window_um, geometry.pixel_um[0], geometry.scale[0], max(1, self.rows)
         )
         self.cell_w, self.window_cells_x = _cells(
-            window_um, geometry.pixel_um_x, geometry.scale_x, marker_map.width
+            window_um, geometry.pixel_um[1], geometry.scale[1], max(1, self.cols)
         )
-        grid_shape = (-(-marker_map.height // self.cell_h), -(-marker_map.width // self.cell_w))
+        grid_shape = (-(-self.rows // self.cell_h), -(-self.cols // self.cell_w))
         self.positive_grid = np.zeros(grid_shape, dtype=np.int64)
         self.tissue_grid = np.zeros(grid_shape, dtype=np.int64)
 
     def add(self, block: MapBlock) -> None:
-        """Fold one block in, a strip of rows at a time so the temporaries stay a few MiB."""
-        for r0 in range(0, block.values.shape[0], _STRIP_ROWS):
-            r1 = r0 + _STRIP_ROWS
-            self._add(
-                block.values[r0:r1],
-                None if block.tissue is None else block.tissue[r0:r1],
-                block.y0 + r0,
-                block.x0,
+        """Fold one block's part over the slide in, a strip of rows at a time (temporaries stay a few MiB)."""
+        h, w = block.values.shape
+        top, bottom = max(self.r0, block.y0), min(self.r1, block.y0 + h)
+        left, right = max(self.c0, block.x0), min(self.c1, block.x0 + w)
+        if self.geometry.padded:
+            self.beyond_slide += self._data_count(block) - (
+                self._data_count(block, top, bottom, left, right) if top < bottom and left < right else 0
             )
+        if top >= bottom or left >= right:
+            return
+        cols = slice(left - block.x0, right - block.x0)
+        for y in range(top, bottom, _STRIP_ROWS):
+            rows = slice(y - block.y0, min(y + _STRIP_ROWS, bottom) - block.y0)
+            self._add(
+                block.values[rows, cols],
+                None if block.tissue is None else block.tissue[rows, cols],
+                y - self.r0,
+                left - self.c0,
+            )
+
+    def _data_count(
+        self, block: MapBlock, top: int | None = None, bottom: int = 0, left: int = 0, right: int = 0
+    ) -> int:
+        """Pixels of the block (or of rows top:bottom, columns left:right) not holding the fill value."""
+        values, node = block.values, block.tissue
+        if top is not None:
+            rows = slice(top - block.y0, bottom - block.y0)
+            cols = slice(left - block.x0, right - block.x0)
+            values, node = values[rows, cols], None if node is None else node[rows, cols]
+        fill = self.map.fill_value
+        data = ~np.isnan(values) if values.dtype.kind == "f" and np.isnan(fill) else values != fill
+        if node is not None:
+            data |= node
+        return int(np.count_nonzero(data))
 
     def _add(self, values: np.ndarray, node: np.ndarray | None, y0: int, x0: int) -> None:
         if not self.exact_counts and values.dtype.kind != "f":
@@ -231,7 +267,7 @@ class _Accumulator:
         name = self.map.name
         if self.tissue_px == 0:
             raise ResultsError(f"Marker {name}: the map has no tissue pixels to summarise", marker=name)
-        pixel_mm2 = self.geometry.pixel_um_y * self.geometry.pixel_um_x / 1e6
+        pixel_mm2 = self.geometry.pixel_um[0] * self.geometry.pixel_um[1] / 1e6
         if self.exact_counts:
             levels = np.arange(self.bins, dtype=np.float64)
             mean = float(self.histogram @ levels) / self.tissue_px / self.map.value_max
@@ -254,16 +290,19 @@ class _Accumulator:
             p90=p90,
             p99=p99,
             hotspots=self._hotspots(top, slide_width, slide_height),
+            geometry_mismatch=self.geometry.mismatch,
         )
 
     def _hotspots(self, top: int, slide_width: int, slide_height: int) -> list[Hotspot]:
         """Greedy pick of the densest windows on the cell grid, none overlapping an earlier pick."""
         cells_y, cells_x = self.positive_grid.shape
+        if cells_y == 0 or cells_x == 0:
+            return []
         win_y, win_x = min(self.window_cells_y, cells_y), min(self.window_cells_x, cells_x)
         positive = _window_sums(self.positive_grid, win_y, win_x)
         tissue = _window_sums(self.tissue_grid, win_y, win_x)
-        row_px = _window_extent(self.map.height, self.cell_h, cells_y, win_y)
-        col_px = _window_extent(self.map.width, self.cell_w, cells_x, win_x)
+        row_px = _window_extent(self.rows, self.cell_h, cells_y, win_y)
+        col_px = _window_extent(self.cols, self.cell_w, cells_x, win_x)
         density = positive / np.outer(row_px, col_px)
         density[positive == 0] = -1.0
         found: list[Hotspot] = []
@@ -271,7 +310,7 @@ class _Accumulator:
             i, j = np.unravel_index(int(np.argmax(density)), density.shape)
             if density[i, j] < 0:
                 break
-            y0, x0 = int(i) * self.cell_h, int(j) * self.cell_w
+            y0, x0 = self.r0 + int(i) * self.cell_h, self.c0 + int(j) * self.cell_w
             found.append(
                 self._box(
                     y0,
@@ -289,13 +328,14 @@ class _Accumulator:
     def _box(
         self, y0: int, x0: int, rows: int, cols: int, fraction: float, slide_width: int, slide_height: int
     ) -> Hotspot:
-        sy, sx = self.geometry.scale_y, self.geometry.scale_x
-        left, top = round(x0 * sx), round(y0 * sy)
-        right, bottom = round((x0 + cols) * sx), round((y0 + rows) * sy)
+        """A window of map pixels as a level-0 slide-pixel box, clipped to the slide."""
+        (sy, sx), (oy, ox) = self.geometry.scale, self.geometry.offset
+        left, top = round(x0 * sx + ox), round(y0 * sy + oy)
+        right, bottom = round((x0 + cols) * sx + ox), round((y0 + rows) * sy + oy)
         if slide_width > 0:
-            left, right = min(left, slide_width), min(right, slide_width)
+            left, right = (min(max(v, 0), slide_width) for v in (left, right))
         if slide_height > 0:
-            top, bottom = min(top, slide_height), min(bottom, slide_height)
+            top, bottom = (min(max(v, 0), slide_height) for v in (top, bottom))
         return Hotspot(x=left, y=top, width=right - left, height=bottom - top, positive_fraction=fraction)
 
 

@@ -2,12 +2,15 @@
 
 The thread pool suits this workload (network and disk bound; numpy and zstd
 release the GIL) and keeps Prometheus metrics in one process. Crash recovery
-does not depend on the pool: a sweep re-drives any run whose lease lapsed.
+does not depend on the pool: a sweep re-drives any run whose lease lapsed and whose step is
+overdue, and a janitor removes this pod's slide files of runs that ended (see `workers.janitor`).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import socket
 import threading
 
@@ -15,6 +18,7 @@ from prometheus_client import start_http_server
 
 from workers import runtime
 from workers.celery_app import QUEUE, celery_app
+from workers.janitor import start_janitor
 from workers.observability import QUEUE_DEPTH, configure_logging
 from workers.settings import get_settings
 from workers.tasks import recover_runs
@@ -22,23 +26,43 @@ from workers.tasks import recover_runs
 log = logging.getLogger(__name__)
 
 
-def _sweep_forever(stop: threading.Event, interval: float, stale_after: float) -> None:
-    while not stop.wait(interval):
+def _sweep_forever(stop: threading.Event, interval: float) -> None:
+    while True:  # at once on start-up: a replacement worker picks up its dead predecessor's runs
         try:
-            recover_runs(stale_after=stale_after)
+            recover_runs()
             QUEUE_DEPTH.set(runtime.redis_client().llen(QUEUE))
         except Exception as exc:  # the sweep must outlive a Redis blip
             log.warning("recovery sweep failed", extra={"error_type": type(exc).__name__})
+        if stop.wait(interval):
+            return
 
 
 def start_recovery(stop: threading.Event, *, interval: float | None = None) -> threading.Thread:
+    # A dead worker's run moves again at most a lease plus one interval after it died.
     lease = get_settings().lease_seconds
-    every = interval if interval is not None else max(5.0, lease / 2)
-    thread = threading.Thread(
-        target=_sweep_forever, args=(stop, every, lease * 2), name="bridge-recovery", daemon=True
-    )
+    every = interval if interval is not None else max(1.0, min(5.0, lease / 3))
+    thread = threading.Thread(target=_sweep_forever, args=(stop, every), name="bridge-recovery", daemon=True)
     thread.start()
     return thread
+
+
+def start_metrics(port: int) -> None:
+    """Serve Prometheus metrics on `port`; a port another process holds is a warning, not a crash.
+
+    Two workers on one machine (a VM, or a second process started for more slots) read the same
+    `BRIDGE_WORKER_METRICS_PORT`: the first serves it, the others take work without an endpoint
+    of their own (give each its own port to scrape them all). Any other bind error (a privileged
+    port, a bad address) is a configuration mistake and stops the worker.
+    """
+    try:
+        start_http_server(port)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        log.warning(
+            "metrics port already in use on this host; this worker runs without a metrics endpoint",
+            extra={"port": port},
+        )
 
 
 def run_worker(concurrency: int = 4, *, metrics_port: int | None = None) -> None:
@@ -46,9 +70,17 @@ def run_worker(concurrency: int = 4, *, metrics_port: int | None = None) -> None
     configure_logging(settings.log_level)
     port = settings.worker_metrics_port if metrics_port is None else metrics_port
     if port:
-        start_http_server(port)
+        start_metrics(port)
     stop = threading.Event()
     start_recovery(stop)
+    ctx = runtime.context()
+    start_janitor(
+        stop,
+        ctx.store,
+        ctx.staging,
+        retention_seconds=settings.staged_retention_hours * 3600,
+        interval=settings.janitor_interval_seconds,
+    )
     try:
         celery_app.worker_main(
             [
@@ -60,7 +92,8 @@ def run_worker(concurrency: int = 4, *, metrics_port: int | None = None) -> None
                 "--concurrency",
                 str(concurrency),
                 "--hostname",
-                f"bridge@{socket.gethostname()}",
+                # Unique per process, so two workers on one host are two Celery nodes, not one name.
+                f"bridge-{os.getpid()}@{socket.gethostname()}",
                 "--loglevel",
                 settings.log_level,
                 "--without-gossip",

@@ -16,6 +16,7 @@ from typing import Any
 import uvicorn
 
 from strand_client.testing.api import SseDropped, build_app
+from strand_client.testing.counting import RequestCounting, RequestCounts
 from strand_client.testing.faults import Faults
 from strand_client.testing.result_store import ResultStores
 from strand_client.testing.state import (
@@ -75,6 +76,7 @@ class FakeStrandServer:
         Path(storage_dir).mkdir(parents=True, exist_ok=True)
         self._state = FakeState(self.options, Path(storage_dir))
         self.faults = Faults()
+        self.requests = RequestCounts()  # answers by (method, route template, status)
         self._results = ResultStores(self.options)
         self._closing = threading.Event()
         self._server: uvicorn.Server | None = None
@@ -144,7 +146,9 @@ class FakeStrandServer:
 
     def _config(self) -> uvicorn.Config:
         logging.getLogger("uvicorn.error").addFilter(_QUIET_DROPS)  # adding the same filter twice is a no-op
-        app = build_app(self._state, self.faults, self._results, self.api_key, self._closing)
+        app = RequestCounting(
+            build_app(self._state, self.faults, self._results, self.api_key, self._closing), self.requests
+        )
         return uvicorn.Config(
             app,
             host=self.host,

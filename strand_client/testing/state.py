@@ -55,6 +55,15 @@ class FakeOptions:
     results_tissue_mode: str = "nan"
     results_microns_per_pixel: float | None = None
     results_missing_datasets: tuple[str, ...] = ()
+    # Result geometry, written as OME-Zarr writers do (see `zarr_results.build_results`).
+    results_units: str | None = "micrometer"  # or "nanometer", "millimeter", None (unit-less scales)
+    results_slide_mpp: float = 0.5  # the slide's µm per pixel the physical scales are computed from
+    results_translation: tuple[float, float] = (0.0, 0.0)  # (y, x) slide pixels where the map starts
+    results_pad_to_shards: bool = False
+    results_level_rounding: str = "ceil"
+    results_split_transforms: bool = False
+    results_chunk: int = 256
+    results_chunks_per_shard: int = 8
 
     def entitled(self) -> frozenset[str]:
         return frozenset(self.catalog) if self.entitled_markers is None else self.entitled_markers

@@ -11,6 +11,13 @@ places, plus noise seeded per 256 x 256 tile), so any region can be generated
 on its own: `build_results` makes a small store in memory, `write_results`
 writes a whole-slide-sized one to disk one shard at a time.
 
+Geometry is written the way OME-Zarr writers write it (OME-NGFF 0.5): `axes`
+with `"unit": "micrometer"` by default (or nanometer, millimeter, or none), a
+`scale` that is the physical pixel size per axis (anisotropic if asked), an
+optional `translation`, optionally split between the dataset and the
+multiscale; pyramid levels whose sizes are ceil or floor of a halving; and,
+like the platform, maps optionally padded to whole shards beyond the slide.
+
 `results_files_app` serves a store (in memory or on disk) over HTTP the way the
 platform's file proxy does, with bearer auth and `Range` support.
 """
@@ -47,6 +54,9 @@ HE_NAME = "H&E"
 TISSUE_NAME = "tissue"
 _NOISE_TILE = 256  # noise is seeded per tile of this size, so any region regenerates identically
 _NOISE_SIGMA = 0.05
+# µm per unit for the units this fake writes: its own small table, not the reader's.
+_UNIT_MICRONS = {"micrometer": 1.0, "nanometer": 0.001, "millimeter": 1000.0}
+ROUNDINGS = ("ceil", "floor")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +98,14 @@ class ResultsFixture:
     """A result store as `{key: object bytes}` plus the figures a reader must recover from it.
 
     `truth[m]` is marker `m` at full resolution exactly as stored (float64, ints
-    divided by their dtype maximum), NaN outside `tissue`. `hotspots[m]` are the
-    centres (row, column) of the dense regions placed in marker `m`, strongest first.
+    divided by their dtype maximum), NaN outside `tissue` and in any padding
+    beyond the slide. `hotspots[m]` are the centres (row, column) of the dense
+    regions placed in marker `m`, strongest first. The geometry fields say what
+    the metadata was written from: `slide_scale` (y, x) level-0 slide pixels per
+    level-0 map pixel, `translation` (y, x) the slide pixel where the map
+    starts, `slide_mpp` the slide's µm per pixel, `units` the axes' unit.
+    `height` x `width` is the map over the slide; `level_shapes` the stored
+    array shapes (padded when `padded`), `data_shapes` the part holding data.
     """
 
     files: dict[str, bytes]
@@ -98,19 +114,32 @@ class ResultsFixture:
     layout: str
     dataset_paths: dict[str, str]
     hotspots: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
-    slide_scale: float = 1.0
+    slide_scale: tuple[float, float] = (1.0, 1.0)
     microns_per_pixel: float | None = None
     dtype: str = "float32"
     tissue_mode: str = "nan"
+    units: str | None = "micrometer"
+    slide_mpp: float = 0.5
+    translation: tuple[float, float] = (0.0, 0.0)
+    height: int = 0
+    width: int = 0
+    level_shapes: list[tuple[int, int]] = field(default_factory=list)
+    data_shapes: list[tuple[int, int]] = field(default_factory=list)
+    padded: bool = False
 
     def level_truth(self, marker: str, level: int) -> np.ndarray:
-        """The expected map at pyramid `level`: levels are 2**level subsamples of level 0."""
-        step = 2**level
-        return self.truth[marker][::step, ::step]
+        """The expected map at pyramid `level`: every 2**level-th pixel of level 0, cut to its size."""
+        return self._level(self.truth[marker][: self.height, : self.width], level, np.nan)
 
     def level_tissue(self, level: int) -> np.ndarray:
+        return self._level(self.tissue[: self.height, : self.width], level, False)
+
+    def _level(self, full: np.ndarray, level: int, pad: Any) -> np.ndarray:
         step = 2**level
-        return self.tissue[::step, ::step]
+        data_h, data_w = self.data_shapes[level]
+        out = np.full(self.level_shapes[level], pad, dtype=full.dtype)
+        out[:data_h, :data_w] = full[::step, ::step][:data_h, :data_w]
+        return out
 
 
 def build_results(
@@ -126,70 +155,84 @@ def build_results(
     missing_datasets: Sequence[str] = (),
     ndim: int = 3,
     levels: int = 2,
-    slide_scale: float = 1.0,
+    slide_scale: float | tuple[float, float] = 1.0,
     chunk: int = 256,
     chunks_per_shard: int = 8,
     with_he: bool = True,
+    units: str | None = "micrometer",
+    slide_mpp: float = 0.5,
+    translation: tuple[float, float] = (0.0, 0.0),
+    pad_to_shards: bool = False,
+    level_rounding: str = "ceil",
+    split_transforms: bool = False,
 ) -> ResultsFixture:
     """Build a complete result store in memory.
 
     `ndim` 3 gives the platform's `[1, H, W]` marker arrays, 2 gives plain `[H, W]`.
-    `slide_scale` is how many slide pixels one level-0 map pixel covers (written
-    into `coordinateTransformations`). `missing_datasets` are named in the
-    manifest but their objects are left out, as the platform did for results
-    written before its level-count fix.
+    `height` x `width` map pixels cover the slide; `slide_scale` is how many
+    slide pixels one level-0 map pixel covers (y, x; one number for square
+    pixels) and `translation` the slide pixel (y, x) where the map starts. They
+    are written into `coordinateTransformations` in `units` (None: unit-less,
+    i.e. level-0 slide pixels), using `slide_mpp` µm per slide pixel; with
+    `split_transforms` the pixel size and translation sit on the multiscale
+    and each dataset carries only its level's factor. `pad_to_shards` rounds
+    every array up to whole storage objects (the platform does), the padding
+    left as fill. Level l is every 2**l-th pixel, `level_rounding` "ceil" or
+    "floor" of the halved size. `missing_datasets` are named in the manifest
+    but their objects are left out, as the platform did for results written
+    before its level-count fix.
     """
     spec = _Spec.make(
-        markers,
-        height,
-        width,
-        layout,
-        seed,
-        dtype,
-        tissue_mode,
-        microns_per_pixel,
-        ndim,
-        levels,
-        slide_scale,
-        chunk,
-        chunks_per_shard,
-        with_he,
-    )
+        markers, height, width, layout, seed, dtype, tissue_mode, microns_per_pixel, ndim, levels,
+        slide_scale, chunk, chunks_per_shard, with_he, units, slide_mpp, translation, pad_to_shards,
+        level_rounding, split_transforms,
+    )  # fmt: skip
     store_dict: dict[str, Any] = {}
     store = MemoryStore(store_dict)
     arrays = _create_nodes(store, spec)
     ys, xs = np.arange(height), np.arange(width)
     tissue = _tissue_mask(spec.tissue_model, height, width, ys, xs)
     truth: dict[str, np.ndarray] = {}
+    padded_shape = spec.level_shape(0)
     for name, model in spec.marker_models.items():
         stored = _stored_values(spec, model, tissue, ys, xs)
-        truth[name] = _as_truth(spec, stored, tissue)
+        truth[name] = _pad(_as_truth(spec, stored, tissue), padded_shape, np.nan)
         for level, array in enumerate(arrays.get(name, [])):
-            step = 2**level
-            _write_region(array, stored[::step, ::step], 0, 0, spec.ndim)
+            _write_region(array, spec.level_data(stored, level), 0, 0, spec.ndim)
     if spec.tissue_mode == "node":
         for level, array in enumerate(arrays.get(TISSUE_NAME, [])):
-            step = 2**level
-            _write_region(array, tissue[::step, ::step].astype(np.uint8), 0, 0, spec.ndim)
+            _write_region(array, spec.level_data(tissue.astype(np.uint8), level), 0, 0, spec.ndim)
     for level, array in enumerate(arrays.get(HE_NAME, [])):
-        step = 2**level
-        array[:] = _he_rgb(tissue[::step, ::step], spec.seed)
+        rgb = _he_rgb(spec.level_data(tissue, level), spec.seed)
+        array[:, : rgb.shape[1], : rgb.shape[2]] = rgb
     files = {key: buffer.to_bytes() for key, buffer in store_dict.items()}
     _drop_datasets(files, missing_datasets)
     return ResultsFixture(
         files=files,
         truth=truth,
-        tissue=tissue if spec.tissue_mode != "none" else np.ones((height, width), dtype=bool),
+        tissue=_pad(
+            tissue if spec.tissue_mode != "none" else np.ones((height, width), dtype=bool),
+            padded_shape,
+            False,
+        ),
         layout=layout,
         dataset_paths={name: spec.dataset_path(name, 0) for name in markers},
         hotspots={
             name: [(round(h.v * height), round(h.u * width)) for h in model.hotspots]
             for name, model in spec.marker_models.items()
         },
-        slide_scale=slide_scale,
+        slide_scale=spec.slide_scale,
         microns_per_pixel=microns_per_pixel,
         dtype=dtype,
         tissue_mode=tissue_mode,
+        units=units,
+        slide_mpp=slide_mpp,
+        translation=spec.translation,
+        height=height,
+        width=width,
+        level_shapes=[spec.level_shape(level) for level in range(spec.levels)],
+        data_shapes=[spec.data_shape(level) for level in range(spec.levels)],
+        padded=pad_to_shards,
     )
 
 
@@ -206,10 +249,12 @@ def write_results(
     microns_per_pixel: float | None = None,
     ndim: int = 3,
     levels: int = 1,
-    slide_scale: float = 1.0,
+    slide_scale: float | tuple[float, float] = 1.0,
     chunk: int = 256,
     chunks_per_shard: int = 8,
     with_he: bool = False,
+    units: str | None = "micrometer",
+    slide_mpp: float = 0.5,
 ) -> Path:
     """Write the same store as `build_results` to a directory, one storage object's region at a time.
 
@@ -218,21 +263,9 @@ def write_results(
     reader's figures on a map this size are checked by the benches' own passes.
     """
     spec = _Spec.make(
-        markers,
-        height,
-        width,
-        layout,
-        seed,
-        dtype,
-        tissue_mode,
-        microns_per_pixel,
-        ndim,
-        levels,
-        slide_scale,
-        chunk,
-        chunks_per_shard,
-        with_he,
-    )
+        markers, height, width, layout, seed, dtype, tissue_mode, microns_per_pixel, ndim, levels,
+        slide_scale, chunk, chunks_per_shard, with_he, units, slide_mpp, (0.0, 0.0), False, "ceil", False,
+    )  # fmt: skip
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     arrays = _create_nodes(LocalStore(out), spec)
@@ -252,6 +285,14 @@ def write_results(
                     else:
                         values = _stored_values(spec, spec.marker_models[name], tissue, ys, xs)
                         _write_region(array, values, y0, x0, spec.ndim)
+    return out
+
+
+def _pad(values: np.ndarray, shape: tuple[int, int], fill: Any) -> np.ndarray:
+    if values.shape == shape:
+        return values
+    out = np.full(shape, fill, dtype=values.dtype)
+    out[: values.shape[0], : values.shape[1]] = values
     return out
 
 
@@ -368,10 +409,16 @@ class _Spec:
     microns_per_pixel: float | None
     ndim: int
     levels: int
-    slide_scale: float
+    slide_scale: tuple[float, float]
     chunk: int
     chunks_per_shard: int
     with_he: bool
+    units: str | None
+    slide_mpp: float
+    translation: tuple[float, float]
+    pad_to_shards: bool
+    level_rounding: str
+    split_transforms: bool
     tissue_model: _TissueModel
     marker_models: dict[str, _MarkerModel]
 
@@ -388,10 +435,16 @@ class _Spec:
         microns_per_pixel: float | None,
         ndim: int,
         levels: int,
-        slide_scale: float,
+        slide_scale: float | tuple[float, float],
         chunk: int,
         chunks_per_shard: int,
         with_he: bool,
+        units: str | None,
+        slide_mpp: float,
+        translation: tuple[float, float],
+        pad_to_shards: bool,
+        level_rounding: str,
+        split_transforms: bool,
     ) -> _Spec:
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
@@ -406,6 +459,11 @@ class _Spec:
             raise ValueError("ndim must be 2 or 3")
         if len(set(markers)) != len(markers) or {HE_NAME, TISSUE_NAME} & set(markers):
             raise ValueError(f"marker names must be distinct and not {HE_NAME!r} or {TISSUE_NAME!r}")
+        if units is not None and units not in _UNIT_MICRONS:
+            raise ValueError(f"units must be one of {sorted(_UNIT_MICRONS)} or None, not {units!r}")
+        if level_rounding not in ROUNDINGS:
+            raise ValueError(f"level_rounding must be one of {ROUNDINGS}, not {level_rounding!r}")
+        scale = (slide_scale, slide_scale) if isinstance(slide_scale, int | float) else slide_scale
         return cls(
             markers=tuple(markers),
             height=height,
@@ -417,13 +475,43 @@ class _Spec:
             microns_per_pixel=microns_per_pixel,
             ndim=ndim,
             levels=1 if layout == "flat" else max(1, levels),
-            slide_scale=slide_scale,
+            slide_scale=(float(scale[0]), float(scale[1])),
             chunk=chunk,
             chunks_per_shard=chunks_per_shard,
             with_he=with_he and layout != "flat",
+            units=units,
+            slide_mpp=slide_mpp,
+            translation=(float(translation[0]), float(translation[1])),
+            pad_to_shards=pad_to_shards,
+            level_rounding=level_rounding,
+            split_transforms=split_transforms,
             tissue_model=_make_tissue_model(seed),
             marker_models={name: _make_marker_model(name, seed) for name in markers},
         )
+
+    @property
+    def storage_side(self) -> int:
+        """Side of one storage object: a shard when sharded, else a chunk."""
+        return self.chunk * self.chunks_per_shard if self.layout == "sharded" else self.chunk
+
+    def data_shape(self, level: int) -> tuple[int, int]:
+        """Rows and columns holding data at `level`: the level-0 size halved `level` times, ceil or floor."""
+        step = 2**level
+        rounding = math.ceil if self.level_rounding == "ceil" else math.floor
+        return max(1, rounding(self.height / step)), max(1, rounding(self.width / step))
+
+    def level_shape(self, level: int) -> tuple[int, int]:
+        """The array's stored shape at `level`: the data, padded to whole storage objects if asked."""
+        rows, cols = self.data_shape(level)
+        if not self.pad_to_shards:
+            return rows, cols
+        side = self.storage_side
+        return -(-rows // side) * side, -(-cols // side) * side
+
+    def level_data(self, full: np.ndarray, level: int) -> np.ndarray:
+        step = 2**level
+        rows, cols = self.data_shape(level)
+        return full[::step, ::step][:rows, :cols]
 
     def dataset_path(self, name: str, level: int) -> str:
         if self.layout == "flat":
@@ -443,24 +531,45 @@ class _Spec:
             names.append(TISSUE_NAME)
         return names
 
+    def _physical(self, slide_px: float) -> float:
+        """A length in slide pixels, in the axes' unit (slide pixels themselves when unit-less)."""
+        if self.units is None:
+            return slide_px
+        return slide_px * self.slide_mpp / _UNIT_MICRONS[self.units]
+
     def multiscale(self, name: str, *, relative: bool = False) -> dict[str, Any]:
-        """One `multiscales` entry; `relative` paths for an OME-NGFF image group's own metadata."""
-        spatial = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+        """One `multiscales` entry (OME-NGFF 0.5); `relative` paths for an image group's own metadata."""
+        unit = {"unit": self.units} if self.units is not None else {}
+        spatial = [{"name": "y", "type": "space", **unit}, {"name": "x", "type": "space", **unit}]
         three_d = name == HE_NAME or self.ndim == 3
         axes = [{"name": "c", "type": "channel"}, *spatial] if three_d else spatial
+        lead = [1.0] if three_d else []
+        lead_shift = [0.0] if three_d else []
+        pixel = [self._physical(self.slide_scale[0]), self._physical(self.slide_scale[1])]
+        shift = [self._physical(self.translation[0]), self._physical(self.translation[1])]
+        moved = shift != [0.0, 0.0]
         datasets = []
         for level in range(self.levels):
-            scale = self.slide_scale * 2**level
+            factor = float(2**level)
             path = self.dataset_path(name, level)
+            if self.split_transforms:
+                transforms: list[dict[str, Any]] = [{"type": "scale", "scale": [*lead, factor, factor]}]
+            else:
+                transforms = [{"type": "scale", "scale": [*lead, pixel[0] * factor, pixel[1] * factor]}]
+                if moved:
+                    transforms.append({"type": "translation", "translation": [*lead_shift, *shift]})
             datasets.append(
                 {
                     "path": path.rsplit("/", 1)[-1] if relative else path,
-                    "coordinateTransformations": [
-                        {"type": "scale", "scale": [1.0, scale, scale] if three_d else [scale, scale]}
-                    ],
+                    "coordinateTransformations": transforms,
                 }
             )
-        return {"name": name, "axes": axes, "datasets": datasets}
+        entry: dict[str, Any] = {"name": name, "axes": axes, "datasets": datasets}
+        if self.split_transforms:
+            entry["coordinateTransformations"] = [{"type": "scale", "scale": [*lead, *pixel]}] + (
+                [{"type": "translation", "translation": [*lead_shift, *shift]}] if moved else []
+            )
+        return entry
 
     def root_attributes(self) -> dict[str, Any]:
         attrs: dict[str, Any] = {}
@@ -491,8 +600,7 @@ def _create_nodes(store: MemoryStore | LocalStore, spec: _Spec) -> dict[str, lis
         is_he = name == HE_NAME
         levels: list[zarr.Array] = []
         for level in range(spec.levels):
-            step = 2**level
-            h, w = -(-spec.height // step), -(-spec.width // step)
+            h, w = spec.level_shape(level)
             lead: tuple[int, ...] = (3,) if is_he else ((1,) if spec.ndim == 3 else ())
             dtype = np.dtype("uint8") if is_he or name == TISSUE_NAME else spec.dtype
             fill: float | int = math.nan if dtype.kind == "f" and spec.tissue_mode == "nan" else 0

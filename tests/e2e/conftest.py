@@ -183,10 +183,14 @@ class Bridge:
         port = self.env["BRIDGE_WORKER_METRICS_PORT"]
         return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
 
-    def restart_worker(self, **env: str) -> None:
-        """Replace the worker with one whose environment differs (as a redeploy would)."""
+    def restart_worker(self, *, without: tuple[str, ...] = (), **env: str) -> None:
+        """Replace the worker with one whose environment differs (as a redeploy would).
+
+        `without` drops variables, so the worker runs with the product's defaults for them.
+        """
         self.worker.stop()
-        self.worker = WorkerProcess({**self.worker.env, **env}, self.worker.log_path)
+        kept = {k: v for k, v in self.worker.env.items() if k not in without}
+        self.worker = WorkerProcess({**kept, **env}, self.worker.log_path)
         self.worker.start()
 
 
@@ -234,6 +238,7 @@ def bridge(redis_url: str, tmp_path: Path) -> Iterator[Bridge]:
         "SECTRA_ALLOW_HTTP": "true",
         "BRIDGE_WORK_DIR": str(work_dir),
         "BRIDGE_LEASE_SECONDS": "4",
+        "BRIDGE_JANITOR_INTERVAL_SECONDS": "1",
         "BRIDGE_PROGRESS_INTERVAL_SECONDS": "0.2",
         "BRIDGE_WORKER_METRICS_PORT": str(metrics_port),
         "BRIDGE_LOG_LEVEL": "INFO",

@@ -298,6 +298,33 @@ def test_a_rejected_post_is_resent_once_after_refresh(serve_asgi: Callable[..., 
     assert app.state.created == 1 and len(app.state.token_calls) == 1
 
 
+def test_a_token_is_renewed_before_it_expires_not_after_a_401(serve_asgi: Callable[..., str]) -> None:
+    app = token_app()  # grants live 3600 s
+    now = [1000.0]
+    sectra = SectraAdapter(
+        serve_asgi(app),
+        "expired",
+        allow_http=True,
+        client_id="bridge",
+        client_secret=CLIENT_SECRET,
+        application_id="strand-app",
+        clock=lambda: now[0],
+    )
+    with sectra:
+        sectra.get_image_metadata("s-1")  # 401, renewed once, resent
+        now[0] += 3000.0  # well inside the grant: the same token is used
+        sectra.get_image_metadata("s-1")
+        now[0] += 560.0  # 40 s before `expiresIn` runs out: renewed before the request leaves
+        sectra.get_image_metadata("s-1")
+    assert len(app.state.token_calls) == 2
+    assert app.state.seen_tokens == [
+        "Bearer expired",
+        "Bearer fresh-1",
+        "Bearer fresh-1",
+        "Bearer fresh-2",
+    ], "the renewed token went out at once, with no refused request in between"
+
+
 def test_without_credentials_the_error_says_what_to_configure(serve_asgi: Callable[..., str]) -> None:
     sectra = SectraAdapter(serve_asgi(token_app()), "expired-secret-token", allow_http=True)
     with sectra, pytest.raises(SectraAuthError) as failed:

@@ -9,7 +9,7 @@ from sectra_client.schemas import ImageMetadata
 
 from sectra_adapter.gate import check_slide
 
-PATTERNS = [r"^h\s*&?\s*e$", r"hematoxylin", r"^he$"]
+PATTERNS = [r"^h\s*(?:&\s*)?e$", r"hematoxylin", r"^he$"]
 LIMITS: dict[str, Any] = {
     "stain_patterns": PATTERNS,
     "min_width_px": 256,

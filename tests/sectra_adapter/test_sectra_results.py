@@ -137,7 +137,7 @@ def test_each_marker_gets_a_distinct_colour() -> None:
 def test_property_table_reads_plainly() -> None:
     result = build_final_result(summary_of([marker("CD8", 0.0002, [])], credits=None, model=None))
     props = result.displayProperties
-    assert props["CD8 positive tissue"] == "<0.1% (1.00 mm² of 10.00 mm²)"
+    assert props["CD8 positive tissue"] == "<0.1% (1.00 mm² of 10.0 mm²)"
     assert props["Strand credits used"] == "not reported"
     assert props["Strand model"] == "platform default"
     assert result.displayResult == "CD8 <0.1%"

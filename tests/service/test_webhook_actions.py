@@ -76,8 +76,13 @@ def test_delete_by_cancellation_token_removes_record_and_staged_files(bridge: Br
     assert response.json() == {"note": "run deleted"}
     assert bridge.store.get(run_id) is None
     assert bridge.store.events(run_id) == []
-    assert not (bridge.settings.work_dir / run_id).exists()
     assert bridge.store.list_runs() == []
+    assert (staged / "slide.svs").exists(), "the web role never touches slide files"
+    from workers.janitor import sweep
+    from workers.staging import Staging
+
+    sweep(bridge.store, Staging(bridge.settings.work_dir), retention_seconds=86400)
+    assert not (bridge.settings.work_dir / run_id).exists(), "the worker's janitor removes them"
 
 
 def test_delete_by_result_id_when_sectra_sends_no_token(bridge: Bridge) -> None:

@@ -113,12 +113,15 @@ def test_empty_allow_list_refuses_every_callback(make_bridge: BridgeFactory) -> 
 
 
 def test_sectra_failing_leaves_no_half_created_run(bridge: Bridge) -> None:
+    """Sectra down while storing the pending result: 503 with Retry-After (RFC 9110 §15.6.4), no run."""
     bridge.sectra.fail_creates = True
     body = bridge.invocation()
     response = bridge.post(body)
-    assert response.status_code == 502
+    assert response.status_code == 503
     assert response.json()["error"] == "sectra_unavailable"
     assert "503" in response.json()["message"]
+    assert int(response.headers["retry-after"]) > 0
+    assert response.headers["x-sectra-apiversion"]
     assert bridge.store.list_runs() == []
     assert bridge.store.find("strand-default", "slide-42", body["cancellationToken"]) is None
     assert bridge.enqueued == []
@@ -129,12 +132,13 @@ def test_sectra_failing_leaves_no_half_created_run(bridge: Bridge) -> None:
     assert len(bridge.enqueued) == 1
 
 
-def test_sectra_unreachable_is_502_and_no_run(make_bridge: BridgeFactory) -> None:
+def test_sectra_unreachable_is_503_and_no_run(make_bridge: BridgeFactory) -> None:
     closed = "http://127.0.0.1:9"  # discard port: nothing listens
     bridge = make_bridge(SECTRA_ALLOWED_CALLBACK_URLS=closed)
     response = bridge.post(bridge.invocation(callbackInfo={"url": closed, "token": SECTRA_TOKEN}))
-    assert response.status_code == 502
+    assert response.status_code == 503
     assert response.json()["error"] == "sectra_unavailable"
+    assert int(response.headers["retry-after"]) > 0
     assert bridge.store.list_runs() == []
     assert bridge.enqueued == []
 

@@ -67,5 +67,5 @@ def test_key_is_sent_to_the_api_only_and_never_shown(
     assert api_requests and all(auth for _, _, auth in api_requests)
     assert fake.api_key not in shown
     assert fake.api_key not in caplog.text
-    assert "Strand request failed, retrying" in caplog.text  # the retries did log, without the key
+    assert "Strand call failed, retrying" in caplog.text  # the retries did log, without the key
     assert fake.api_key not in str(checkpoints)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
@@ -138,3 +139,14 @@ def test_unreachable_reads_are_retried_then_a_connection_error(fake: FakeStrandS
 def test_every_error_is_a_strand_error() -> None:
     for error in (UnknownMarkersError, MarkerNotAvailableError, ServerError, StrandConnectionError):
         assert issubclass(error, StrandError)
+
+
+def test_retry_after_is_a_floor_for_the_clients_own_backoff(client: Client, fake: FakeStrandServer) -> None:
+    """The policy's own waits are milliseconds here; the server asked for 0.15 s, so at least that passes.
+
+    (Within the policy's cap of four times its longest wait, 0.2 s for this test policy.)
+    """
+    fake.fail_next_requests("/api/v1/markers", 1, status=503, retry_after=0.15)
+    started = time.monotonic()
+    assert "CD8" in client.markers.list()
+    assert time.monotonic() - started >= 0.15

@@ -204,14 +204,147 @@ def test_unknown_marker_is_a_clear_error() -> None:
         results.open_marker("CD3")
 
 
-def test_levels_carry_their_scale_to_the_slide() -> None:
-    fixture = small(slide_scale=2.0)
+# µm per unit, typed here from OME-NGFF 0.5's unit list (UDUNITS-2), not taken from the reader.
+MICRONS_PER = {"micrometer": 1.0, "nanometer": 1e-3, "millimeter": 1e3}
+
+
+@pytest.mark.parametrize("units", ["micrometer", "nanometer", "millimeter", None])
+@pytest.mark.parametrize("layout", ["sharded", "ome-ngff"])
+def test_levels_carry_their_geometry_in_the_axes_units(layout: str, units: str | None) -> None:
+    fixture = small(layout, slide_scale=(2.0, 2.5), units=units, slide_mpp=0.4)
+    root = json.loads(fixture.files["zarr.json"])["attributes"]
+    entry = next(e for e in multiscales_of(root) if e["name"] == "PanCK")
+    y_axis, x_axis = entry["axes"][-2:]
+    assert y_axis.get("unit") == x_axis.get("unit") == units
+    written = entry["datasets"][0]["coordinateTransformations"][0]["scale"][-2:]
+    if units is not None:  # OME-NGFF: the scale is the pixel size in the axes' unit
+        assert written == pytest.approx([2.0 * 0.4 / MICRONS_PER[units], 2.5 * 0.4 / MICRONS_PER[units]])
+    else:
+        assert written == [2.0, 2.5]
     with served(fixture) as (results, _):
         level0, level1 = results.open_marker("PanCK", 0), results.open_marker("PanCK", 1)
-        assert (level0.scale_to_slide, level1.scale_to_slide) == (2.0, 4.0)
+        slide = (600, 1300)  # (height, width): 300 x 520 map pixels of 2.0 x 2.5 slide pixels
+        g0 = level0.slide_geometry(slide_mpp=0.4, slide_size=slide)
+        g1 = level1.slide_geometry(slide_mpp=0.4, slide_size=slide)
+        assert g0.scale == pytest.approx((2.0, 2.5), rel=1e-12)
+        assert g1.scale == pytest.approx((4.0, 5.0), rel=1e-12)
+        assert g0.pixel_um == pytest.approx((0.8, 1.0), rel=1e-12)
+        assert g0.mismatch is None and g1.mismatch is None
         assert (level0.downsample, level1.downsample) == (1.0, 2.0)
         assert (level1.height, level1.width) == (150, 260)
         assert_same_map(full(results, "PanCK", 1), fixture.level_truth("PanCK", 1))
+
+
+def multiscales_of(attributes: dict[str, Any]) -> list[dict[str, Any]]:
+    return attributes.get("multiscales") or attributes["ome"]["multiscales"]
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_a_translation_moves_the_map_and_transformations_compose(split: bool) -> None:
+    fixture = small(slide_scale=(2.0, 2.0), translation=(10.0, 40.0), split_transforms=split, slide_mpp=0.5)
+    entry = next(
+        e for e in json.loads(fixture.files["zarr.json"])["attributes"]["multiscales"] if e["name"] == "CD8"
+    )
+    assert ("coordinateTransformations" in entry) is split
+    with served(fixture) as (results, _):
+        level0, level1 = results.open_marker("CD8", 0), results.open_marker("CD8", 1)
+        slide = (10 + 600, 40 + 1040)
+        g0 = level0.slide_geometry(slide_mpp=0.5, slide_size=slide)
+        g1 = level1.slide_geometry(slide_mpp=0.5, slide_size=slide)
+    assert g0.offset == pytest.approx((10.0, 40.0)) and g1.offset == pytest.approx((10.0, 40.0))
+    assert g0.scale == pytest.approx((2.0, 2.0)) and g1.scale == pytest.approx((4.0, 4.0))
+    assert g0.mismatch is None and g1.mismatch is None
+
+
+def test_metadata_that_contradicts_the_slide_loses_to_slide_size_and_says_so() -> None:
+    fixture = small(slide_scale=2.0, slide_mpp=0.5)  # written for 0.5 µm slide pixels
+    with served(fixture) as (results, _):
+        # The slide is really 0.25 µm/px: the metadata would put 4 slide px in a map pixel, but
+        # 600 x 1040 slide px over a 300 x 520 map is 2.
+        geometry = results.open_marker("CD8").slide_geometry(slide_mpp=0.25, slide_size=(600, 1040))
+    assert geometry.scale == (2.0, 2.0)
+    assert geometry.source == "slide size / map size"
+    assert geometry.mismatch is not None
+    assert "4 x 4" in geometry.mismatch and "gives 2 x 2" in geometry.mismatch
+
+
+@pytest.mark.parametrize("layout", ["sharded", "unsharded"])
+def test_a_map_padded_to_whole_shards_keeps_its_metadata_geometry(layout: str) -> None:
+    fixture = small(layout, slide_scale=(2.0, 3.0), pad_to_shards=True)  # 300 x 520 padded to 512 x 768
+    with served(fixture) as (results, _):
+        marker_map = results.open_marker("CD8")
+        assert (marker_map.height, marker_map.width) == (fixture.level_shapes[0]) != (300, 520)
+        geometry = marker_map.slide_geometry(slide_mpp=0.5, slide_size=(600, 1560))
+        assert geometry.mismatch is None and geometry.scale == pytest.approx((2.0, 3.0))
+        assert geometry.slide_window((marker_map.height, marker_map.width), (600, 1560)) == (0, 300, 0, 520)
+        assert_same_map(full(results, "CD8"), fixture.truth["CD8"])
+
+
+@pytest.mark.parametrize("rounding", ["ceil", "floor"])
+def test_odd_sized_levels_round_as_written_and_still_agree_with_the_slide(rounding: str) -> None:
+    fixture = build_results(
+        ["CD8"], 301, 519, level_rounding=rounding, levels=3, chunk=64, chunks_per_shard=4
+    )
+    expected = {"ceil": [(301, 519), (151, 260), (76, 130)], "floor": [(301, 519), (150, 259), (75, 129)]}
+    with served(fixture) as (results, _):
+        for level, shape in enumerate(expected[rounding]):
+            marker_map = results.open_marker("CD8", level)
+            assert (marker_map.height, marker_map.width) == shape
+            geometry = marker_map.slide_geometry(slide_mpp=0.5, slide_size=(301, 519))
+            assert geometry.mismatch is None and geometry.scale == (2.0**level, 2.0**level)
+            assert_same_map(full(results, "CD8", level), fixture.level_truth("CD8", level))
+
+
+def _edit_entry(fixture: ResultsFixture, marker: str, edit: Any) -> None:
+    root = json.loads(fixture.files["zarr.json"])
+    entry = next(e for e in root["attributes"]["multiscales"] if e["name"] == marker)
+    edit(entry)
+    fixture.files["zarr.json"] = json.dumps(root).encode()
+
+
+def _set_scale(value: list[float]) -> Any:
+    def edit(entry: dict[str, Any]) -> None:
+        entry["datasets"][0]["coordinateTransformations"][0]["scale"] = value
+
+    return edit
+
+
+def _set_unit(unit: str) -> Any:
+    def edit(entry: dict[str, Any]) -> None:
+        for axis in entry["axes"][-2:]:
+            axis["unit"] = unit
+
+    return edit
+
+
+def _drop_axis(entry: dict[str, Any]) -> None:
+    entry["axes"] = entry["axes"][1:]
+    for dataset in entry["datasets"]:
+        dataset["coordinateTransformations"][0]["scale"] = dataset["coordinateTransformations"][0]["scale"][
+            1:
+        ]
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        (_set_scale([1.0, 0.0, 0.5]), "zero or negative"),
+        (_set_scale([1.0, -0.5, -0.5]), "zero or negative"),
+        (_set_unit("pixel"), "'pixel', which is not an OME-NGFF unit of length"),
+        (_set_unit("micron"), "'micron', which is not an OME-NGFF unit of length"),
+        (_drop_axis, "declares 2 axes but markers/Ki67/0 has 3 dimensions"),
+        (_set_scale([1.0, 0.5]), "has 2 values but the axes declare 3"),
+    ],
+)
+def test_contradictory_geometry_makes_that_marker_unreadable_in_plain_words(edit: Any, reason: str) -> None:
+    fixture = small()
+    _edit_entry(fixture, "Ki67", edit)
+    with served(fixture) as (results, _):
+        with pytest.raises(ResultsError, match=r"^Marker Ki67: ") as caught:
+            results.open_marker("Ki67")
+        assert reason in caught.value.message
+        assert caught.value.marker == "Ki67"
+        assert_same_map(full(results, "CD8"), fixture.truth["CD8"])  # the others still read
 
 
 @pytest.mark.parametrize("layout", ["sharded", "flat", "ome-ngff"])
@@ -342,7 +475,7 @@ def test_mirror_of_a_flat_store_reaches_markers_by_name(tmp_path: Path) -> None:
 def test_anndata_has_one_observation_per_tissue_pixel() -> None:
     fixture = small(slide_scale=2.0, markers=["CD8", "Ki67"])
     with served(fixture) as (results, _):
-        adata = results.to_anndata(level=1)
+        adata = results.to_anndata(level=1, slide_mpp=0.5)
         with pytest.raises(ResultsError, match="coarser level"):
             results.to_anndata(level=0, max_pixels=10_000)
     truth = {m: fixture.level_truth(m, 1) for m in ("CD8", "Ki67")}
@@ -365,3 +498,84 @@ def test_the_fake_strand_server_serves_a_store_the_reader_reads(
     with job.results() as results:
         assert results.marker_names() == ["CD8", "PanCK"]
         assert_same_map(full(results, "PanCK"), fixture.truth["PanCK"])
+
+
+@pytest.mark.parametrize("layout", ["flat", "sharded"])
+def test_download_results_mirrors_every_node_the_job_names_byte_for_byte(
+    fake: Any, client: Any, tiff_slide: Path, tmp_path: Path, layout: str
+) -> None:
+    fake.options.results_layout = layout
+    fake.options.results_tissue_mode = "node"
+    fake.options.results_dtype = "uint16"
+    fake.options.results_shape = (300, 520)
+    fake.options.results_chunk, fake.options.results_chunks_per_shard = 64, 2
+    job = client.predict.submit(client.uploads.upload_file(tiff_slide).id, markers=["CD8", "PanCK"])
+    assert job.wait(timeout=60).status in ("completed", "partial_failed")
+    fixture = fake.results_fixture(job.id)
+    out = job.download_results(path=tmp_path / "copy")
+    written = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert written == fixture.files  # every node and chunk present on the server; absent ones stay absent
+    if layout == "flat":  # 64-px chunks over 300 x 520: background-only corners are never stored
+        grid = {f"CD8/c/0/{r}/{c}" for r in range(5) for c in range(9)}
+        assert grid & set(written) and grid - set(written)
+    assert any(key.startswith("tissue/") for key in written)
+
+
+# Every OME-NGFF 0.5 space unit in metres (UDUNITS-2 definitions), typed from the spec's list.
+METRES = {
+    "angstrom": 1e-10, "attometer": 1e-18, "centimeter": 1e-2, "decimeter": 1e-1, "exameter": 1e18,
+    "femtometer": 1e-15, "foot": 0.3048, "gigameter": 1e9, "hectometer": 1e2, "inch": 0.0254,
+    "kilometer": 1e3, "megameter": 1e6, "meter": 1.0, "micrometer": 1e-6, "mile": 1609.344,
+    "millimeter": 1e-3, "nanometer": 1e-9, "parsec": 3.0856775814913673e16, "petameter": 1e15,
+    "picometer": 1e-12, "terameter": 1e12, "yard": 0.9144, "yoctometer": 1e-24, "yottameter": 1e24,
+    "zeptometer": 1e-21, "zettameter": 1e21,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("unit", sorted(METRES))
+def test_every_ome_ngff_unit_of_length_is_converted(unit: str) -> None:
+    fixture = small(markers=["CD8"], levels=1)
+    pixel_um = (0.75, 1.25)  # 3 x 5 slide pixels of 0.25 µm
+
+    def edit(entry: dict[str, Any]) -> None:
+        for axis in entry["axes"][-2:]:
+            axis["unit"] = unit
+        in_unit = [v * 1e-6 / METRES[unit] for v in pixel_um]
+        entry["datasets"][0]["coordinateTransformations"] = [{"type": "scale", "scale": [1.0, *in_unit]}]
+
+    _edit_entry(fixture, "CD8", edit)
+    with served(fixture) as (results, _):
+        geometry = results.open_marker("CD8").slide_geometry(slide_mpp=0.25, slide_size=(900, 2600))
+    assert geometry.scale == pytest.approx((3.0, 5.0), rel=1e-9)
+    assert geometry.pixel_um == pytest.approx(pixel_um, rel=1e-9)
+    assert geometry.mismatch is None
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {
+            "units": "nanometer",
+            "slide_scale": (2.0, 2.5),
+            "translation": (3.0, 5.0),
+            "split_transforms": True,
+        },
+        {"units": "millimeter", "ndim": 2, "levels": 3, "level_rounding": "floor"},
+        {"units": None, "pad_to_shards": True, "tissue_mode": "node", "dtype": "uint8"},
+    ],
+)
+def test_the_fake_writes_ome_ngff_0_5_that_an_independent_validator_accepts(
+    options: dict[str, Any], tmp_path: Path
+) -> None:
+    import yaozarrs
+
+    fixture = build_results(["CD8"], 60, 90, layout="ome-ngff", chunk=16, chunks_per_shard=2, **options)
+    for key, data in fixture.files.items():
+        (tmp_path / key).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / key).write_bytes(data)
+    groups = ["CD8", "he"] + (["tissue"] if options.get("tissue_mode") == "node" else [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a unit outside OME-NGFF's list is only a warning there
+        for group in groups:
+            yaozarrs.validate_zarr_store(tmp_path / group)

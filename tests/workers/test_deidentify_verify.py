@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import pydicom
@@ -10,7 +11,7 @@ import pytest
 import tifffile
 from sectra_client.schemas.image import ImageMetadata
 
-from tests.fixtures.slides import make_dicom_wsi, make_svs, tissue
+from tests.fixtures.slides import make_dicom_wsi, make_philips_tiff, make_svs
 from workers.deidentify import (
     DeidentificationFailed,
     UnsupportedSlideFormat,
@@ -34,11 +35,13 @@ def _mrxs(folder: Path) -> list[Path]:
     return [index, data]
 
 
-def test_mrxs_is_refused_in_plain_words(tmp_path: Path) -> None:
+def test_an_incomplete_mrxs_is_refused_in_plain_words(tmp_path: Path) -> None:
+    """MRXS is de-identified (tests/workers/test_deidentify_mrxs.py); one without its tree is refused."""
     with pytest.raises(UnsupportedSlideFormat) as caught:
         deidentify_slide(_mrxs(tmp_path / "staged"), run_id="run-1", out_dir=tmp_path / "out")
-    assert (
-        str(caught.value) == "This slide's format (MRXS) cannot be de-identified; it was not sent to Strand"
+    assert str(caught.value) == (
+        "This slide's format (MRXS with an incomplete Slidedat.ini) cannot be de-identified; "
+        "it was not sent to Strand"
     )
     assert not list((tmp_path / "out").iterdir())
 
@@ -87,10 +90,15 @@ def test_verify_names_the_field_found_in_a_file_name(tmp_path: Path) -> None:
 
 
 def test_verify_catches_an_identifier_left_in_a_kept_text_field(tmp_path: Path) -> None:
-    """Software is kept (readers need it); a scanner that writes the accession number there is caught."""
-    staged = tmp_path / "a.tif"
-    tifffile.imwrite(
-        staged, tissue(256, 256), tile=(128, 128), metadata=None, software=f"Scan {PHI['accessionNumber']}"
+    """Philips' Software is kept (readers recognise the format by it); a scanner that writes the
+    accession number there is caught."""
+    staged = make_philips_tiff(
+        tmp_path / "a.tiff",
+        width=512,
+        height=512,
+        phi={"patientName": "DOE^JANE"},
+        label_marker=MARKER,
+        software=f"Philips DP {PHI['accessionNumber']}",
     )
     files, _ = deidentify_slide([staged], run_id="run-1", out_dir=tmp_path / "out")
     with pytest.raises(DeidentificationFailed) as caught:
@@ -162,3 +170,18 @@ def test_matcher_ignores_short_noise_and_finds_base64() -> None:
     assert matcher.find(b"exam 4711 done") == "examId"
     assert matcher.find(b"barcode QUNDLTIwMjQtMDAwMTIz here") == "accessionNumber"
     assert matcher.find(b"x acc-2024-000123 y") == "accessionNumber", "case-insensitive"
+
+
+def test_verify_fails_closed_when_openslide_cannot_read_the_output(tmp_path: Path) -> None:
+    """An output an independent reader cannot open proves nothing: the run fails, naming the reader."""
+    staged = make_svs(tmp_path / "a.svs", width=512, height=512, phi=PHI, label_marker=MARKER)
+    files, _ = deidentify_slide([staged], run_id="run-1", out_dir=tmp_path / "out")
+    with tifffile.TiffFile(files[0]) as tif:
+        entry_at = tif.pages.first.tags[259].offset  # Compression (TIFF 6.0 Section 8)
+    with files[0].open("r+b") as fh:
+        fh.seek(entry_at + 8)
+        fh.write(struct.pack("<H", 60000))  # no codec has this number
+    with pytest.raises(DeidentificationFailed) as caught:
+        verify_deidentified(files, identifiers=IDENTIFIERS)
+    assert caught.value.location == "openslide"
+    assert str(caught.value).startswith("De-identification could not be confirmed: openslide could not read")

@@ -7,6 +7,8 @@ numpy: sorting for percentiles, slicing the whole mask for each hotspot window.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,6 +49,7 @@ def make(
     """300 x 520 maps in 128 x 128 shards (32-px chunks): many shards, some absent, cut edges."""
     kwargs.setdefault("chunk", 32)
     kwargs.setdefault("chunks_per_shard", 4)
+    kwargs.setdefault("slide_mpp", SLIDE_MPP)  # the physical scales are written for the slide we pass
     return build_results(markers, 300, 520, layout=layout, **kwargs)
 
 
@@ -177,6 +180,7 @@ def test_every_figure_matches_numpy(layout: str, dtype: str, tissue_mode: str, n
                 slide=(520, 300),
             )
             assert got.marker == marker
+            assert got.geometry_mismatch is None
             assert 0 < got.positive_fraction < 1
             assert len(got.hotspots) == 5
             assert_matches(got, want, exact_percentiles=dtype.startswith("uint"))
@@ -334,7 +338,7 @@ def test_scale_from_slide_size_when_the_store_says_nothing() -> None:
 
 
 def test_unknown_slide_pixel_size_leaves_areas_unknown_but_keeps_the_rest() -> None:
-    fixture = make(markers=("CD8",))
+    fixture = make(markers=("CD8",), units=None)  # unit-less scales: nothing says how big a pixel is
     with served(fixture) as results:
         got = summarise_marker(
             results.open_marker("CD8"),
@@ -419,14 +423,169 @@ def test_summary_of_a_job_on_the_fake_strand_server(tmp_path: Path) -> None:
                 microns_per_pixel=0.5,
             )
     assert missing == {}
-    scale = 960 / fixture.truth["CD8"].shape[1]
+    rows, cols = fixture.truth["CD8"].shape
+    scale = (600 / rows, 960 / cols)  # the map covers the slide: anisotropic when the aspects differ
     for summary in summaries:
+        assert summary.geometry_mismatch is None
         want = expected(
             fixture.truth[summary.marker],
             threshold=0.5,
-            pixel_um=(0.5 * scale, 0.5 * scale),
-            scale=(scale, scale),
+            pixel_um=(0.5 * scale[0], 0.5 * scale[1]),
+            scale=scale,
             window_um=500.0,
             slide=(960, 600),
         )
         assert_matches(summary, want, exact_percentiles=False)
+
+
+def test_a_unit_the_slide_contradicts_is_overruled_by_slide_size_and_reported() -> None:
+    # Written as if slide pixels were 0.5 µm: the metadata says 0.5 µm map pixels = 2 slide px at 0.25 µm,
+    # but the 300 x 520 map covers the 300 x 520 px slide one to one.
+    fixture = make(markers=("CD8", "Ki67"), slide_mpp=0.5)
+    with served(fixture) as results:
+        summaries, missing = summarise_job(
+            results, ["CD8"], threshold=0.5, slide_width=520, slide_height=300, microns_per_pixel=SLIDE_MPP,
+            hotspot_window_um=20.0,
+        )  # fmt: skip
+    assert missing == {}
+    (got,) = summaries
+    assert got.geometry_mismatch is not None
+    assert "puts 2 x 2 slide pixels" in got.geometry_mismatch and "gives 1 x 1" in got.geometry_mismatch
+    want = expected(
+        fixture.truth["CD8"], threshold=0.5, pixel_um=(SLIDE_MPP, SLIDE_MPP), scale=(1.0, 1.0),
+        window_um=20.0, slide=(520, 300),
+    )  # fmt: skip
+    assert_matches(got, want, exact_percentiles=False)
+
+
+def test_contradictory_geometry_reports_that_marker_missing_and_summarises_the_rest() -> None:
+    fixture = make(markers=("CD8", "Ki67"))
+    root = json.loads(fixture.files["zarr.json"])
+    entry = next(e for e in root["attributes"]["multiscales"] if e["name"] == "Ki67")
+    entry["datasets"][0]["coordinateTransformations"][0]["scale"] = [1.0, 0.0, 0.25]
+    fixture.files["zarr.json"] = json.dumps(root).encode()
+    with served(fixture) as results:
+        summaries, missing = summarise_job(
+            results, ["CD8", "Ki67"], threshold=0.5, slide_width=520, slide_height=300,
+            microns_per_pixel=SLIDE_MPP,
+        )  # fmt: skip
+    assert [s.marker for s in summaries] == ["CD8"]
+    assert set(missing) == {"Ki67"}
+    assert "Ki67" in missing["Ki67"] and "zero or negative" in missing["Ki67"]
+
+
+def test_a_map_taken_for_padding_that_holds_data_past_the_slide_is_a_mismatch() -> None:
+    # 100 x 100 map pixels padded to one 128 x 128 shard; written for 0.5 µm slide pixels, so at
+    # 0.125 µm the metadata puts the 100 x 100 px slide on the first 25 x 25 map pixels (the rest
+    # could be padding), which leaves the rest of the tissue beyond the slide: that is no padding.
+    fixture = build_results(
+        ["CD8"], 100, 100, chunk=32, chunks_per_shard=4, pad_to_shards=True, slide_mpp=0.5, with_he=False
+    )
+    assert fixture.level_shapes[0] == (128, 128)
+    with served(fixture) as results:
+        got = summarise_marker(
+            results.open_marker("CD8"),
+            threshold=0.5,
+            slide_width=100,
+            slide_height=100,
+            microns_per_pixel=0.125,
+            hotspot_window_um=5.0,
+        )
+    assert got.geometry_mismatch is not None and "no padding" in got.geometry_mismatch
+    scale = (100 / 128, 100 / 128)  # slide size / map size, as the contract then says
+    want = expected(
+        fixture.truth["CD8"],
+        threshold=0.5,
+        pixel_um=(0.125 * scale[0], 0.125 * scale[1]),
+        scale=scale,
+        window_um=5.0,
+        slide=(100, 100),
+    )
+    assert_matches(got, want, exact_percentiles=False)
+
+
+def test_a_padded_map_counts_only_the_pixels_over_the_slide() -> None:
+    # Integer map, no tissue node: every pixel is tissue, the zero padding past the slide included,
+    # unless the reader stops at the slide's edge.
+    fixture = build_results(
+        ["CD8"], 100, 200, chunk=32, chunks_per_shard=4, pad_to_shards=True, dtype="uint8",
+        tissue_mode="none", slide_mpp=SLIDE_MPP, slide_scale=2.0, with_he=False,
+    )  # fmt: skip
+    with served(fixture) as results:
+        got = summarise_marker(
+            results.open_marker("CD8"),
+            threshold=0.5,
+            slide_width=400,
+            slide_height=200,
+            microns_per_pixel=SLIDE_MPP,
+            hotspot_window_um=10.0,
+        )
+    assert got.geometry_mismatch is None
+    truth = fixture.truth["CD8"]
+    assert np.isnan(truth[100:, :]).all() and np.isnan(truth[:, 200:]).all()
+    want = expected(
+        truth, threshold=0.5, pixel_um=(0.5, 0.5), scale=(2.0, 2.0), window_um=10.0, slide=(400, 200)
+    )
+    assert got.tissue_area_mm2 == pytest.approx(100 * 200 * 0.25e-6)
+    assert_matches(got, want, exact_percentiles=True)
+
+
+def test_an_image_group_from_an_independent_ome_zarr_writer() -> None:
+    """Metadata made by yaozarrs' OME-NGFF 0.5 builder, not by our fake: micrometre axes, a translation."""
+    import zarr
+    from yaozarrs import DimSpec, v05
+    from zarr.storage import MemoryStore
+
+    rows, cols = 75, 120
+    dims = [
+        DimSpec(name="c", size=1, type="channel"),
+        DimSpec(name="y", size=rows, scale=2.0, unit="micrometer"),  # 4 slide px at 0.5 µm
+        DimSpec(name="x", size=cols, scale=1.25, unit="micrometer", translation=10.0),  # 2.5 px, from x=20
+    ]
+    image = v05.Image(multiscales=[v05.Multiscale.from_dims(dims, name="CD8", n_levels=2)])
+    rng = np.random.default_rng(7)
+    values = rng.random((rows, cols)).astype(np.float32)
+    values[:10, :] = np.nan  # background
+    buffers: dict[str, Any] = {}
+    root = zarr.open_group(MemoryStore(buffers), mode="w")
+    group = root.create_group("CD8", attributes={"ome": image.model_dump(mode="json", exclude_none=True)})
+    for level, dataset in enumerate(image.multiscales[0].datasets):
+        step = 2**level
+        level_values = values[::step, ::step]
+        array = group.create_array(
+            dataset.path, shape=(1, *level_values.shape), dtype="float32", chunks=(1, 32, 32),
+            fill_value=np.nan, dimension_names=("c", "y", "x"),
+        )  # fmt: skip
+        array[0] = level_values
+    fixture = ResultsFixture(
+        files={key: buffer.to_bytes() for key, buffer in buffers.items()},
+        truth={"CD8": values.astype(np.float64)},
+        tissue=~np.isnan(values),
+        layout="ome-ngff",
+        dataset_paths={"CD8": "CD8/0"},
+    )
+    slide_w, slide_h = 20 + round(cols * 2.5), rows * 4
+    with served(fixture) as results:
+        marker_map = results.open_marker("CD8")
+        geometry = marker_map.slide_geometry(slide_mpp=0.5, slide_size=(slide_h, slide_w))
+        got = summarise_marker(
+            marker_map,
+            threshold=0.6,
+            slide_width=slide_w,
+            slide_height=slide_h,
+            microns_per_pixel=0.5,
+            hotspot_window_um=30.0,
+        )
+    assert geometry.scale == (4.0, 2.5) and geometry.offset == (0.0, 20.0) and geometry.mismatch is None
+    want = expected(
+        fixture.truth["CD8"],
+        threshold=0.6,
+        pixel_um=(2.0, 1.25),
+        scale=(4.0, 2.5),
+        window_um=30.0,
+        slide=(slide_w - 20, slide_h),
+    )
+    shifted = [Hotspot(h.x + 20, h.y, h.width, h.height, h.positive_fraction) for h in want.hotspots]
+    assert_matches(
+        got, MarkerSummary(**{**dataclasses.asdict(want), "hotspots": shifted}), exact_percentiles=False
+    )

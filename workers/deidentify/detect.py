@@ -13,9 +13,14 @@ from pathlib import Path
 
 import tifffile
 
+from workers.deidentify.errors import UnsupportedSlideFormat
+from workers.deidentify.pages import level0_index
+
 TIFF_FLAVOURS = ("aperio-svs", "generic-tiff", "ndpi", "philips-tiff", "ventana-bif")
 DICOM = "dicom"
+MRXS = "MRXS"  # 3DHISTECH MIRAX: a .mrxs file and a directory of Slidedat.ini, Index.dat, Data*.dat
 UNRECOGNISED = "unrecognised"
+NOT_A_SLIDE = "TIFF without a tiled slide level"
 
 _EXTENSIONS = {
     "aperio-svs": ".svs",
@@ -28,7 +33,6 @@ _EXTENSIONS = {
 _TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
 # Multi-file or container formats we recognise but cannot de-identify (yet): refused by name.
 _BY_SUFFIX = {
-    ".mrxs": "MRXS",
     ".vsi": "VSI",
     ".ets": "VSI",
     ".czi": "CZI",
@@ -40,7 +44,7 @@ _BY_SUFFIX = {
 
 @dataclass(frozen=True)
 class SlideKind:
-    name: str  # "aperio-svs", ..., "dicom", or a display name such as "MRXS" when unsupported
+    name: str  # "aperio-svs", ..., "dicom", "MRXS", or a display name such as "VSI" when unsupported
     supported: bool
     extension: str = ""  # for neutral output names; "" keeps the staged file's suffix
 
@@ -53,8 +57,8 @@ def detect(files: Sequence[Path]) -> SlideKind:
     if not files:
         raise ValueError("no staged files to de-identify")
     for path in files:
-        if path.name.lower() == "slidedat.ini":
-            return SlideKind("MRXS", supported=False)
+        if path.name.lower() == "slidedat.ini" or path.suffix.lower() == ".mrxs":
+            return SlideKind(MRXS, supported=True, extension=".mrxs")
         if named := _BY_SUFFIX.get(path.suffix.lower()):
             return SlideKind(named, supported=False, extension=path.suffix.lower())
     heads = [_head(path) for path in files]
@@ -64,6 +68,8 @@ def detect(files: Sequence[Path]) -> SlideKind:
         return SlideKind("CZI", supported=False)
     if len(files) == 1 and heads[0][:4] in _TIFF_MAGIC:
         flavour = tiff_flavour(files[0])
+        if flavour in TIFF_FLAVOURS and not _has_slide_level(files[0], flavour):
+            return SlideKind(NOT_A_SLIDE, supported=False)
         return SlideKind(flavour, supported=flavour in TIFF_FLAVOURS, extension=_EXTENSIONS.get(flavour, ""))
     return SlideKind(UNRECOGNISED, supported=False)
 
@@ -82,6 +88,16 @@ def tiff_flavour(path: Path) -> str:
         except (tifffile.TiffFileError, ValueError, IndexError, OSError):
             continue
     return UNRECOGNISED
+
+
+def _has_slide_level(path: Path, flavour: str) -> bool:
+    """A TIFF whose first image is no plausible level 0 (untiled: a label photograph, say) is no slide."""
+    try:
+        with tifffile.TiffFile(path, is_ndpi=flavour == "ndpi") as tif:
+            level0_index(flavour, [page for page in tif.pages if isinstance(page, tifffile.TiffPage)])
+    except UnsupportedSlideFormat:
+        return False
+    return True
 
 
 def _flavour_of(tif: tifffile.TiffFile) -> str:

@@ -1,36 +1,36 @@
-"""De-identify a DICOM whole-slide image: drop the label and overview instances, anonymise the rest.
+"""De-identify a DICOM whole-slide image: drop the instances that show the label, anonymise the rest.
 
-Header rules come from dicognito (pydicom-based), chosen over `deid` because
-it needs no recipe files, keeps the UIDs, dates and IDs of all instances of one
-slide consistent through one `Anonymizer` (a random salt per slide, so no two
-runs can be linked), and does not drag in matplotlib. It covers the Basic
-Profile's names, IDs, UIDs, dates and addresses; `_PathologyScrubber` adds the
-profile's free-text attributes and the whole-slide ones (container and
-specimen identifiers, label text, barcodes) that it leaves alone, and private
-tags are removed as the profile's default requires.
+Headers follow the Basic Application Level Confidentiality Profile (PS3.15
+E.1.1, every attribute of Table E.1-1; `dicom_basic_profile`) with one
+`BasicProfile` per slide, so the new UIDs of all its instances and their
+references agree. The Clean Pixel Data option (PS3.15 E.3.1) is honoured the
+way a whole-slide image allows: the LABEL and OVERVIEW instances and any
+instance that declares burned-in text or the label in its pixels are not sent;
+the other instances of the slide still go, and a slide with no tissue image
+left is refused. (dicognito, used before, was dropped: it made UIDs under a
+non-existent `2.` arc and does not follow Table E.1-1.)
 
 Pixel data is never decoded or held in memory: the header is read with
 `stop_before_pixels`, rewritten, and the original pixel data element is
-copied after it byte for byte, so every tile stays identical.
+copied after it byte for byte, so every tile stays identical. Elements after
+the pixel data (Data Set Trailing Padding, Digital Signatures: X in Table E.1-1)
+are left behind.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import pydicom
-from dicognito.anonymizer import Anonymizer
-from dicognito.element_anonymizer import ElementAnonymizer
-from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
-from pydicom.tag import BaseTag
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID
 
-from workers.deidentify.errors import DeidentificationFailed, UnsupportedSlideFormat
+from workers.deidentify.dicom_basic_profile import BasicProfile
+from workers.deidentify.errors import UnsupportedSlideFormat
 
 WSI_STORAGE = "1.2.840.10008.5.1.4.1.1.77.1.6"
 DEFLATED = {"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95"}
@@ -38,68 +38,6 @@ GLASS_TYPES = {"LABEL": "label", "OVERVIEW": "overview"}
 _PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
 _COPY_BLOCK = 1 << 20
-
-# Type 1 identifiers a reader needs present: replaced by the neutral run id.
-_NEUTRAL = frozenset({"ContainerIdentifier", "SpecimenIdentifier"})
-# Basic Profile X/Z attributes outside dicognito's rules, plus whole-slide label text: emptied.
-_EMPTIED = frozenset(
-    {
-        "AcquisitionComments",
-        "AcquisitionDeviceProcessingDescription",
-        "AdditionalPatientHistory",
-        "Allergies",
-        "BarcodeValue",
-        "ContainerDescription",
-        "DerivationDescription",
-        "DeviceSerialNumber",
-        "EthnicGroup",
-        "ImageComments",
-        "IssuerOfTheContainerIdentifierSequence",
-        "IssuerOfTheSpecimenIdentifierSequence",
-        "LabelText",
-        "MedicalAlerts",
-        "OtherPatientIDsSequence",
-        "PatientAge",
-        "PatientBirthDate",
-        "PatientBirthTime",
-        "PatientComments",
-        "PatientSex",
-        "PatientSize",
-        "PatientWeight",
-        "PerformedProcedureStepDescription",
-        "PregnancyStatus",
-        "ProtocolName",
-        "ReasonForTheRequestedProcedure",
-        "RequestedProcedureDescription",
-        "SeriesDescription",
-        "SmokingStatus",
-        "SpecimenDetailedDescription",
-        "SpecimenShortDescription",
-        "StudyDescription",
-        "TextValue",
-    }
-)
-
-
-class _PathologyScrubber(ElementAnonymizer):
-    """The Basic Profile's free text and whole-slide identifiers, which dicognito does not touch."""
-
-    def __init__(self, neutral_id: str) -> None:
-        self._neutral_id = neutral_id
-
-    def __call__(self, dataset: Dataset, data_element: DataElement) -> bool:
-        keyword = data_element.keyword
-        if keyword in _NEUTRAL:
-            data_element.value = self._neutral_id
-            return True
-        if keyword in _EMPTIED:
-            data_element.value = [] if data_element.VR == "SQ" else None
-            return True
-        return False
-
-    def describe_actions(self) -> Iterator[str]:
-        yield "Replace ContainerIdentifier and SpecimenIdentifier with the run id"
-        yield from (f"Empty {keyword}" for keyword in sorted(_EMPTIED))
 
 
 @dataclass
@@ -126,8 +64,15 @@ def glass_kind(header: Dataset) -> str | None:
     for value, kind in GLASS_TYPES.items():
         if value in image_type:
             return kind
-    if "VOLUME" not in image_type and str(header.get("SpecimenLabelInImage", "")).upper() == "YES":
-        return "thumbnail with label"
+    return None
+
+
+def burned_in_kind(header: Dataset) -> str | None:
+    """Clean Pixel Data (PS3.15 E.3.1): an instance whose pixels carry the label or other text."""
+    if str(header.get("SpecimenLabelInImage", "")).upper() == "YES":
+        return "label in image"
+    if str(header.get("BurnedInAnnotation", "")).upper() == "YES":
+        return "burned-in annotation"
     return None
 
 
@@ -136,24 +81,21 @@ def deidentify_dicom(files: Sequence[Path], *, run_id: str, out_dir: Path) -> Di
     kept: list[_Instance] = []
     for path in files:
         instance = _read(path)
-        kind = glass_kind(instance.header)
+        kind = glass_kind(instance.header) or burned_in_kind(instance.header)
         if kind is not None:
             outcome.removed_images.append(kind)
             continue
-        _refuse_burned_in(instance.header)
         kept.append(instance)
     if not kept:
         raise UnsupportedSlideFormat("DICOM without a tissue image")
 
-    anonymizer = Anonymizer()
-    anonymizer.add_element_handler(_PathologyScrubber(run_id))
+    profile = BasicProfile(run_id)
     names = _neutral_names(run_id, len(kept))
     parts = []
     for instance, name in zip(kept, names, strict=True):
-        before = _snapshot(instance.header)
-        anonymizer.anonymize(instance.header)
-        instance.header.remove_private_tags()
-        outcome.blanked_fields.extend(_changed(before, _snapshot(instance.header)))
+        profile.apply(instance.header)
+        instance.header.file_meta = _file_meta(instance.header)
+        instance.header.preamble = b"\0" * 128  # a dual-personality TIFF preamble points into the old file
         part = out_dir / f"{name}.part"
         _write(instance, part)
         parts.append((part, out_dir / name))
@@ -162,8 +104,18 @@ def deidentify_dicom(files: Sequence[Path], *, run_id: str, out_dir: Path) -> Di
     for part, final in parts:
         part.replace(final)
         outcome.outputs.append(final)
-    outcome.blanked_fields = sorted(set(outcome.blanked_fields))
+    outcome.blanked_fields = sorted(profile.acted_on)
     return outcome
+
+
+def _file_meta(header: Dataset) -> FileMetaDataset:
+    """A new File Meta Information (PS3.10 7.1): nothing of the scanner's (source AE title, private
+    information) is carried over; pydicom fills in its own implementation class UID and version."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = header.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = header.SOPInstanceUID
+    meta.TransferSyntaxUID = header.file_meta.TransferSyntaxUID
+    return meta
 
 
 def _neutral_names(run_id: str, count: int) -> list[str]:
@@ -171,14 +123,6 @@ def _neutral_names(run_id: str, count: int) -> list[str]:
         return [f"{run_id}.dcm"]
     width = max(3, len(str(count)))
     return [f"{run_id}-{number:0{width}d}.dcm" for number in range(1, count + 1)]
-
-
-def _refuse_burned_in(header: Dataset) -> None:
-    """A tissue image that says the label or other text is burned into its pixels cannot be fixed here."""
-    if str(header.get("SpecimenLabelInImage", "")).upper() == "YES":
-        raise DeidentificationFailed("label image", "the pixels of a tissue image")
-    if str(header.get("BurnedInAnnotation", "")).upper() == "YES":
-        raise DeidentificationFailed("burned-in annotation", "the pixels of a tissue image")
 
 
 def _read(path: Path) -> _Instance:
@@ -241,29 +185,3 @@ def _write(instance: _Instance, target: Path) -> None:
                     raise UnsupportedSlideFormat("DICOM with truncated pixel data")
                 out.write(block)
                 remaining -= len(block)
-
-
-def _snapshot(dataset: Dataset) -> dict[tuple[Any, ...], tuple[str, str]]:
-    """Every element's (name, value) by path; held in memory only, to name what changed."""
-    values: dict[tuple[Any, ...], tuple[str, str]] = {}
-
-    def visit(ds: Dataset, prefix: tuple[Any, ...]) -> None:
-        for element in ds:
-            key = (*prefix, int(element.tag))
-            name = "private tags" if BaseTag(element.tag).is_private else element.keyword or str(element.tag)
-            if element.VR == "SQ":
-                values[key] = (name, f"SQ[{len(element.value)}]")
-                for number, item in enumerate(element.value):
-                    visit(item, (*key, number))
-            else:
-                values[key] = (name, repr(element.value))
-
-    visit(dataset.file_meta, ("meta",))
-    visit(dataset, ())
-    return values
-
-
-def _changed(
-    before: dict[tuple[Any, ...], tuple[str, str]], after: dict[tuple[Any, ...], tuple[str, str]]
-) -> list[str]:
-    return [name for key, (name, value) in before.items() if after.get(key, (name, None))[1] != value]

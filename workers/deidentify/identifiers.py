@@ -19,7 +19,11 @@ if TYPE_CHECKING:
 
 # File names such as "slide.svs" or "image-2.dcm" name no one, and their words occur in ordinary DICOM
 # text ("Microscope slide"): matching them would refuse every such slide for nothing.
-_GENERIC_NAMES = frozenset({"slide", "image", "file", "scan", "part", "wsi", "dicom", "instance", "download"})
+# MRXS parts have fixed names (Slidedat.ini, Index.dat, DataNNNN.dat) that every de-identified copy keeps.
+_GENERIC_NAMES = frozenset(
+    {"slide", "image", "file", "scan", "part", "wsi", "dicom", "instance", "download"}
+    | {"slidedat", "index", "data"}
+)
 _NOT_A_WORD = re.compile(r"[\d_.\- ]+")
 _PLAIN_FIELDS = ("accessionNumber", "lisSlideId", "examId", "studyInstanceUid", "seriesInstanceUid")
 # Scanners write the exam date in their own formats; a date in any of them identifies the exam.

@@ -12,9 +12,10 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from workers.deidentify.detect import DICOM, SlideKind, detect
+from workers.deidentify.detect import DICOM, MRXS, SlideKind, detect
 from workers.deidentify.dicom import deidentify_dicom
 from workers.deidentify.errors import UnsupportedSlideFormat
+from workers.deidentify.mrxs import deidentify_mrxs
 from workers.deidentify.report import DeidReport
 from workers.deidentify.tiff import deidentify_tiff
 
@@ -46,6 +47,9 @@ def deidentify_slide(
     if kind.name == DICOM:
         dicom = deidentify_dicom(files, run_id=run_id, out_dir=out_dir)
         outputs, removed, blanked = dicom.outputs, dicom.removed_images, dicom.blanked_fields
+    elif kind.name == MRXS:
+        mrxs = deidentify_mrxs(files, run_id=run_id, out_dir=out_dir)
+        outputs, removed, blanked = mrxs.outputs, mrxs.removed_images, mrxs.blanked_fields
     else:
         target = _move(files[0], out_dir / f"{run_id}{kind.extension}")
         tiff = deidentify_tiff(target, kind.name)

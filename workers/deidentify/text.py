@@ -90,6 +90,14 @@ def looks_like_date(raw: bytes) -> bool:
     return bool(_DATE.search(raw))
 
 
+_MAKER = re.compile(rb"^[A-Za-z][A-Za-z .&-]{0,31}$")
+
+
+def is_plain_maker(raw: bytes) -> bool:
+    """A manufacturer's name ("Hamamatsu"): letters only, so no serial number, date or barcode."""
+    return bool(_MAKER.match(raw.rstrip(b"\0").strip()))
+
+
 def is_blank(raw: bytes) -> bool:
     return not raw.strip(b"\0 \t\r\n")
 

@@ -24,6 +24,27 @@ from workers.deidentify.errors import UnsupportedSlideFormat
 
 ASCII, BYTE, UNDEFINED, SBYTE = 2, 1, 7, 6
 TEXT_TYPES = frozenset({ASCII, BYTE, UNDEFINED, SBYTE})  # tag types that can carry words
+IFD_TYPES = frozenset({13, 18})  # IFD and IFD8 (TIFF TN1, BigTIFF): the value points at another IFD
+# Byte size of one value of each field type (TIFF 6.0 Section 2 "IFD Entry"; BigTIFF adds 16-18).
+# An unknown type counts as bytes: the entry is removed anyway, and its value zeroed as far as it goes.
+_TYPE_SIZES = {
+    1: 1,
+    2: 1,
+    3: 2,
+    4: 4,
+    5: 8,
+    6: 1,
+    7: 1,
+    8: 2,
+    9: 4,
+    10: 8,
+    11: 4,
+    12: 8,
+    13: 4,
+    16: 8,
+    17: 8,
+    18: 8,
+}
 _ZERO_BLOCK = 1 << 20
 
 
@@ -70,18 +91,17 @@ class Layout:
 
     def entry_count(self, fh: Source, ifd_offset: int) -> int:
         fh.seek(ifd_offset)
-        return int(struct.unpack(self.count_format, fh.read(self.count_size))[0])
+        raw = fh.read(self.count_size)
+        if len(raw) < self.count_size:
+            raise UnsupportedSlideFormat("TIFF with an IFD beyond its end")
+        return int(struct.unpack(self.count_format, raw)[0])
 
     def next_pointer_at(self, fh: Source, ifd_offset: int) -> int:
         return ifd_offset + self.count_size + self.entry_count(fh, ifd_offset) * self.entry_size
 
     def ifd_span(self, fh: Source, ifd_offset: int) -> tuple[int, int]:
         """[start, end) of the IFD block, including NDPI's trailing high-offset bytes."""
-        count = self.entry_count(fh, ifd_offset)
-        end = ifd_offset + self.count_size + count * self.entry_size + self.pointer_size
-        if self.ndpi:
-            end += 4 * count
-        return ifd_offset, end
+        return ifd_offset, ifd_offset + self.ifd_length(self.entry_count(fh, ifd_offset))
 
     def read_pointer(self, fh: Source, at: int) -> int:
         fh.seek(at)
@@ -89,6 +109,73 @@ class Layout:
 
     def pack_pointer(self, value: int) -> bytes:
         return struct.pack(self.pointer_format, value)
+
+    @property
+    def field_size(self) -> int:
+        """Size of an entry's count and of its value field: 4 bytes, or 8 in BigTIFF."""
+        return (self.entry_size - 4) // 2
+
+    def entries(self, fh: Source, ifd_offset: int) -> list[RawEntry]:
+        """The IFD's entries as stored, including any tifffile would skip (unknown types, duplicates)."""
+        count = self.entry_count(fh, ifd_offset)
+        block = read_bytes(fh, ifd_offset, self.ifd_length(count))
+        if len(block) < self.ifd_length(count):
+            raise UnsupportedSlideFormat("TIFF with a truncated IFD")
+        width = "I" if self.field_size == 4 else "Q"
+        head = struct.Struct(f"{self.byteorder}HH{width}")
+        field = struct.Struct(f"{self.byteorder}{width}")
+        highs_at = self.count_size + count * self.entry_size + self.pointer_size
+        found = []
+        for index in range(count):
+            at = self.count_size + index * self.entry_size
+            code, dtype, length = head.unpack_from(block, at)
+            size = length * _TYPE_SIZES.get(dtype, 1)
+            value_at = ifd_offset + at + head.size
+            if size > self.field_size:
+                value_at = field.unpack_from(block, at + head.size)[0]
+                if self.ndpi:  # NDPI keeps the high 32 bits of each offset after the IFD
+                    value_at |= struct.unpack_from(f"{self.byteorder}I", block, highs_at + 4 * index)[0] << 32
+            found.append(
+                RawEntry(index, ifd_offset + at, code, dtype, size, value_at, size <= self.field_size)
+            )
+        return found
+
+    def ifd_length(self, count: int) -> int:
+        """Bytes of an IFD block with `count` entries, including NDPI's trailing high-offset bytes."""
+        end = self.count_size + count * self.entry_size + self.pointer_size
+        return end + (4 * count if self.ndpi else 0)
+
+    def compacted(self, fh: Source, ifd_offset: int, keep: list[int]) -> tuple[bytes, int]:
+        """The IFD rewritten with only the entries numbered in `keep` (their order, so still sorted by
+        tag as TIFF 6.0 Section 2 requires), padded with zeros to its old length; and where its
+        next-IFD pointer now is. Kept values stay where they are, so nothing else moves."""
+        count = self.entry_count(fh, ifd_offset)
+        block = read_bytes(fh, ifd_offset, self.ifd_length(count))
+        entries_at = self.count_size
+        pointer_at = entries_at + count * self.entry_size
+        new = bytearray(struct.pack(self.count_format, len(keep)))
+        for index in keep:
+            new += block[entries_at + index * self.entry_size : entries_at + (index + 1) * self.entry_size]
+        next_pointer_at = ifd_offset + len(new)
+        new += block[pointer_at : pointer_at + self.pointer_size]
+        if self.ndpi:
+            highs_at = pointer_at + self.pointer_size
+            for index in keep:
+                new += block[highs_at + 4 * index : highs_at + 4 * index + 4]
+        return bytes(new.ljust(len(block), b"\0")), next_pointer_at
+
+
+@dataclass(frozen=True)
+class RawEntry:
+    """One IFD entry as stored: where it is, its tag and type, and where its value lives."""
+
+    index: int
+    at: int
+    code: int
+    dtype: int
+    size: int  # bytes of the value
+    value_at: int
+    inline: bool  # the value sits in the entry itself
 
 
 class Intervals:
@@ -195,11 +282,3 @@ def data_ranges(page: tifffile.TiffPage) -> tuple[np.ndarray, np.ndarray]:
                 np.atleast_1d(np.asarray(counts, dtype=np.int64)),
             )
     return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-
-
-def value_range(tag: tifffile.TiffTag, ifd: tuple[int, int]) -> tuple[int, int] | None:
-    """Where a tag's value lives when it is stored outside its IFD entry; None when inline."""
-    start = int(tag.valueoffset)
-    if ifd[0] <= start < ifd[1]:
-        return None
-    return start, start + int(tag.valuebytecount)

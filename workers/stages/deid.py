@@ -7,65 +7,47 @@ stored — the audit trail records field *names* only.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from workers.context import PipelineContext
 from workers.deidentify import deidentify_slide, identifiers_from_metadata, verify_deidentified
 from workers.runstore import RunRecord
-from workers.stages import fetch
-from workers.stages.fetch import staged_dir
-
-_HASH_BLOCK = 4 * 1024 * 1024
+from workers.staging import describe, largest
 
 
-def outgoing_dir(ctx: PipelineContext, run_id: str) -> Path:
-    return ctx.run_dir(run_id) / "outgoing"
+def inputs(ctx: PipelineContext, record: RunRecord) -> list[Path] | None:
+    """The files to de-identify on this pod: the staged download, or what an interrupted attempt left.
 
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _inputs(ctx: PipelineContext, record: RunRecord) -> list[Path]:
-    """The files to de-identify: the staged download, or what an interrupted attempt left in `outgoing`.
-
-    De-identification moves the staged files and edits them in place, in an order that is safe to
-    repeat, so a crash mid-edit is finished by running it again on its own output. When neither is
-    on this node's disk (the run resumed on another pod) the slide is fetched again.
+    De-identification moves the staged files into `outgoing` and edits them in place, in an order
+    that is safe to repeat, so a crash mid-edit is finished by running it again on its own output.
+    None when neither is here (the run resumed on another pod): the slide must be fetched first.
     """
-    folder = staged_dir(ctx, record.run_id)
-    names = [entry["name"] for entry in record.staged_files]
-    if names and all((folder / name).is_file() for name in names):
-        return [folder / name for name in names]
-    out = outgoing_dir(ctx, record.run_id)
-    leftovers = sorted(p for p in out.iterdir() if p.is_file()) if out.is_dir() else []
-    if leftovers:
-        return leftovers
-    fetch.run(ctx, record.model_copy(update={"staged_files": []}))
-    record = ctx.store.require(record.run_id)
-    return [folder / entry["name"] for entry in record.staged_files]
+    staging = ctx.staging
+    return (
+        staging.originals(record.run_id, record.staged_files)
+        or staging.interrupted_outgoing(record.run_id)
+        or None
+    )
 
 
 def run(ctx: PipelineContext, record: RunRecord) -> None:
     app = ctx.app(record)
     original_names = [entry["name"] for entry in record.staged_files]
-    inputs = _inputs(ctx, record)
-    out = outgoing_dir(ctx, record.run_id)
-    files, report = deidentify_slide(inputs, run_id=record.run_id, out_dir=out, enabled=app.deidentify)
+    files_in = inputs(ctx, record)
+    if files_in is None:
+        raise RuntimeError("de-identification started without the slide on this pod")
+    out = ctx.staging.outgoing_dir(record.run_id)
+    files, report = deidentify_slide(files_in, run_id=record.run_id, out_dir=out, enabled=app.deidentify)
     if app.deidentify:
         with ctx.sectra(record) as sectra:
             metadata = sectra.get_image_metadata(record.slide_id, extended=True, phi=True)
         verify_deidentified(files, identifiers=identifiers_from_metadata(metadata, original_names))
         del metadata
-    outgoing = [
-        {"name": f.relative_to(out).as_posix(), "size": f.stat().st_size, "sha256": sha256_of(f)}
-        for f in files
-    ]
+    outgoing = describe(files, out)
+    checkpoint: dict[str, object] = {}
+    if record.outgoing_files and largest(record.outgoing_files)["sha256"] != largest(outgoing)["sha256"]:
+        # Prepared again on another pod and not byte-identical: a half-sent session cannot continue.
+        checkpoint = {"upload_url": None, "upload_offset": 0}
     ctx.store.update(
         record.run_id,
         outgoing_files=outgoing,
@@ -75,6 +57,7 @@ def run(ctx: PipelineContext, record: RunRecord) -> None:
             "blanked_fields": report.blanked_fields,
             "skipped": report.skipped,
         },
+        **checkpoint,
     )
     ctx.store.append_event(
         record.run_id,

@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 import time
 
-from strand_client.models import JobStatus
+from strand_client import JobStatus
+from workers import messages
 from workers.context import PipelineContext
 from workers.runstore import RunRecord
-from workers.stages.progress import publisher_for, remember_result
+from workers.sectra_progress import publisher_for, remember_result
 
 log = logging.getLogger(__name__)
 
@@ -28,26 +29,26 @@ def next_poll_delay(record: RunRecord) -> float:
 
 
 def run(ctx: PipelineContext, record: RunRecord) -> JobStatus:
-    """Look at the job once (or for a slice); returns its latest status."""
+    """Look at the job once (or for a slice); returns its latest status.
+
+    `jobs.get` already reads the job's status (one `GET /jobs/{id}`); a slice follows the stream from there.
+    """
     assert record.job_id is not None
     job = ctx.strand().jobs.get(record.job_id)
-    status = job.wait_slice(ctx.wait_slice_seconds) if ctx.wait_slice_seconds > 0 else job.refresh()
+    status = job.last_status
+    assert status is not None
+    if ctx.wait_slice_seconds > 0 and status.status not in TERMINAL:
+        status = job.wait_slice(ctx.wait_slice_seconds)
     if status.status not in TERMINAL and status.status not in _STATUS_WORDS:
         log.warning("unknown Strand job status; waiting it out", extra={"job_status": status.status})
-    words = _STATUS_WORDS.get(status.status, status.status)
-    pct = f" {status.progress * 100:.0f} %" if status.progress is not None else ""
-    ctx.store.update(
-        record.run_id,
-        stage_progress=status.progress,
-        job_status=status.status,
-        message=f"Strand: {words}{pct}",
-    )
+    words = messages.strand_job_progress(_STATUS_WORDS.get(status.status, status.status), status.progress)
+    ctx.store.update(record.run_id, stage_progress=status.progress, job_status=status.status, message=words)
     recently = time.time() - (record.progress_posted_at or 0.0) < ctx.progress_interval
     if status.status not in TERMINAL and not recently:
         try:
             with ctx.sectra(record) as sectra:
                 publisher = publisher_for(ctx, record, sectra)
-                publisher.progress(f"Strand: {words}{pct}")
+                publisher.progress(words)
                 remember_result(ctx, record.run_id, publisher)
             ctx.store.update(record.run_id, progress_posted_at=time.time())
         except Exception as exc:  # progress is a courtesy; the job goes on regardless

@@ -10,22 +10,17 @@ from __future__ import annotations
 import logging
 import time
 
-from strand_client.errors import NotFoundError, SubmissionUncertainError
-from strand_client.models import JobStatus
+from strand_client import JobStatus, NotFoundError, SubmissionUncertainError
 from workers import messages
 from workers.context import PipelineContext
+from workers.errors import RunRefused, SubmissionPending
 from workers.observability import CREDITS_RESERVED
 from workers.runstore import RunRecord
-from workers.stages.fetch import RunRefused
 
 log = logging.getLogger(__name__)
 
 # Strand's and our clocks differ; a job created this long before our intent still counts.
 _CLOCK_SKEW_SECONDS = 300.0
-
-
-class SubmissionPending(Exception):
-    """The submit may have reached Strand; the step is retried, and reconciles first."""
 
 
 def _find_submitted(ctx: PipelineContext, record: RunRecord, markers: list[str]) -> JobStatus | None:

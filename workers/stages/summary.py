@@ -6,14 +6,11 @@ never costs a second read of the maps (let alone a second Strand job).
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
-
-from sectra_adapter.summary import Hotspot, MarkerSummary
 from workers import messages
 from workers.context import PipelineContext
 from workers.runstore import RunRecord
 from workers.summarise import summarise_job
+from workers.summary_record import StoredSummary
 
 
 def run(ctx: PipelineContext, record: RunRecord) -> None:
@@ -22,8 +19,9 @@ def run(ctx: PipelineContext, record: RunRecord) -> None:
     assert record.job_id is not None
     app = ctx.app(record)
     strand = ctx.strand()
-    job = strand.jobs.get(record.job_id)
-    status = job.refresh()
+    job = strand.jobs.get(record.job_id)  # reads the job's status: one GET per pass
+    status = job.last_status
+    assert status is not None
     with job.results() as results:
         summaries, missing = summarise_job(
             results,
@@ -43,21 +41,13 @@ def run(ctx: PipelineContext, record: RunRecord) -> None:
     ctx.store.update(
         record.run_id,
         model=status.model or record.model,
-        summary={
-            "markers": [dataclasses.asdict(s) for s in summaries],
-            "missing": missing,
-            "job_error": status.error_message,
-        },
+        summary=StoredSummary(markers=summaries, missing=missing, job_error=status.error_message).to_record(),
     )
+    for figures in summaries:
+        if figures.geometry_mismatch:  # the metadata is never silently overridden: the audit trail says so
+            ctx.store.append_event(
+                record.run_id, "geometry_mismatch", marker=figures.marker, detail=figures.geometry_mismatch
+            )
     ctx.store.append_event(
         record.run_id, "summarised", markers=len(summaries), missing=",".join(sorted(missing))
     )
-
-
-def markers_from(summary: dict[str, Any]) -> list[MarkerSummary]:
-    """Rebuild the dataclasses from the JSON kept in the run record."""
-    out = []
-    for raw in summary["markers"]:
-        hotspots = [Hotspot(**h) for h in raw.get("hotspots", [])]
-        out.append(MarkerSummary(**{**raw, "hotspots": hotspots}))
-    return out

@@ -11,15 +11,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from strand_client import UploadCheckpoint
-from strand_client.errors import NotFoundError
+from strand_client import NotFoundError, UploadCheckpoint
+from workers import messages
 from workers.context import PipelineContext
+from workers.errors import RunRefused
 from workers.observability import BYTES_UPLOADED
 from workers.runstore import RunRecord
-from workers.stages import deid
-from workers.stages.deid import outgoing_dir
-from workers.stages.fetch import RunRefused
-from workers.stages.progress import TransferProgress, publisher_for
+from workers.sectra_progress import TransferProgress, publisher_for
+from workers.staging import largest
 
 log = logging.getLogger(__name__)
 
@@ -42,25 +41,23 @@ def _reuse_known_upload(ctx: PipelineContext, record: RunRecord, sha256: str) ->
     return upload_id
 
 
+def needs_outgoing_copy(ctx: PipelineContext, record: RunRecord) -> bool:
+    """True when the upload still has bytes to send and the de-identified copy is not on this pod."""
+    if record.upload_id and record.upload_complete:
+        return False
+    outgoing = record.outgoing_files
+    return bool(outgoing) and ctx.staging.outgoing_file(record.run_id, outgoing) is None
+
+
 def run(ctx: PipelineContext, record: RunRecord) -> None:
     if record.upload_id and record.upload_complete:
         return
     if not record.outgoing_files:
-        raise RunRefused("The slide was not prepared for upload; it was not sent to Strand")
-    # Strand takes one file per upload; a multi-file slide (DICOM) sends its largest instance.
-    entry = max(record.outgoing_files, key=lambda item: item["size"])
-    path = outgoing_dir(ctx, record.run_id) / entry["name"]
-    if not path.is_file():
-        # Resumed on another node (the staging volume is per pod): prepare the slide again. The
-        # session can only continue if the new copy is byte-identical to the one partly sent.
-        deid.run(ctx, record)
-        previous = entry["sha256"]
-        record = ctx.store.require(record.run_id)
-        entry = max(record.outgoing_files, key=lambda item: item["size"])
-        path = outgoing_dir(ctx, record.run_id) / entry["name"]
-        if entry["sha256"] != previous:
-            ctx.store.update(record.run_id, upload_url=None, upload_offset=0)
-            record = ctx.store.require(record.run_id)
+        raise RunRefused(messages.not_prepared())
+    entry = largest(record.outgoing_files)
+    path = ctx.staging.outgoing_file(record.run_id, record.outgoing_files)
+    if path is None:
+        raise RuntimeError("upload started without the de-identified copy on this pod")
     sha256 = entry["sha256"]
 
     reused = _reuse_known_upload(ctx, record, sha256)
@@ -90,7 +87,9 @@ def run(ctx: PipelineContext, record: RunRecord) -> None:
     with ctx.sectra(record) as sectra:
         upload = ctx.strand().uploads.upload_file(
             path,
-            progress=TransferProgress(ctx, record, publisher_for(ctx, record, sectra), "Uploading to Strand"),
+            progress=TransferProgress(
+                ctx, record, publisher_for(ctx, record, sectra), messages.UPLOAD_PROGRESS
+            ),
             filename=f"{record.run_id}{Path(entry['name']).suffix}",
             content_sha256=sha256,
             resume=resume,

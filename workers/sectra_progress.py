@@ -1,4 +1,4 @@
-"""Progress shown to the pathologist, and the cancellation checkpoint inside long transfers.
+"""Progress in the run's one Sectra result, and the cancellation checkpoint inside long transfers.
 
 A slide transfer can take many minutes; checking the run store on every chunk
 would hammer Redis, so both the Sectra update and the cancellation check are
@@ -10,8 +10,7 @@ from __future__ import annotations
 import logging
 import time
 
-from sectra_adapter.client import SectraAdapter
-from sectra_adapter.progress import ResultPublisher
+from sectra_adapter import ResultPublisher, SectraAdapter
 from workers.context import PipelineContext
 from workers.runstore import RunRecord
 

@@ -1,0 +1,36 @@
+"""The grammar of every identifier that reaches a Redis key, a URL or a file path, defined once.
+
+Identifiers arrive from Sectra's invocations, the admin API, the CLI and the
+apps file. Each is checked here before it is used, so an empty id cannot start
+a run, an oversized one cannot fill Redis, and a crafted one (`run-x:events`)
+cannot name a key of another type.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Our own run ids: `run_id_for` makes them from a SHA-256 digest.
+_RUN_ID = re.compile(r"run-[0-9a-f]{24}")
+# App ids name Redis index keys and registration URLs: a conservative URL-path-safe token.
+_APP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# Sectra's ids (slide, cancellation token) are opaque: any printable text, bounded. They reach
+# Redis only hashed into the run id, and URLs only percent-encoded as one path segment.
+MAX_SECTRA_ID_CHARS = 256
+
+RUN_ID_RULE = "'run-' followed by 24 lowercase hex digits"
+APP_ID_RULE = "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+SECTRA_ID_RULE = f"1-{MAX_SECTRA_ID_CHARS} printable characters, not only spaces"
+
+
+def is_run_id(value: str) -> bool:
+    return _RUN_ID.fullmatch(value) is not None
+
+
+def is_app_id(value: str) -> bool:
+    return _APP_ID.fullmatch(value) is not None
+
+
+def is_sectra_id(value: str) -> bool:
+    """A slide id or cancellation token from Sectra: non-blank, printable, bounded."""
+    return len(value) <= MAX_SECTRA_ID_CHARS and value.isprintable() and bool(value.strip())
