@@ -30,6 +30,11 @@ from typing import Any
 import httpx
 import psutil
 import redis
+from sectra_client import mock_server
+from sectra_client.mock_server import MockSectraServer
+
+from strand_client.testing import FakeStrandServer
+from strand_client.testing.counting import RequestCounting, RequestCounts
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere (tests.fixtures is not installed)
@@ -66,6 +71,16 @@ def wait_until(predicate: Any, timeout: float, what: str, every: float = 0.05) -
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} within {timeout:g} s")
         time.sleep(every)
+
+
+def dir_bytes(path: Path) -> int:
+    """Bytes of the regular files under `path` (a work volume), 0 when it does not exist."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):  # a step may delete it meanwhile
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
 
 
 # ---- Redis ---------------------------------------------------------------------------------------
@@ -116,18 +131,24 @@ class RedisCounters:
 
     @classmethod
     def read(cls, client: redis.Redis) -> RedisCounters:
+        """Three INFO calls, which count themselves (`minus` leaves them out of the deltas)."""
         stats = client.info("stats")
         commands = client.info("commandstats")
         memory = client.info("memory")
         by_command = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in commands.items()}
-        return cls(time.monotonic(), int(stats["total_commands_processed"]), by_command, memory["used_memory"])
+        return cls(
+            time.monotonic(), int(stats["total_commands_processed"]), by_command, memory["used_memory"]
+        )
 
     def minus(self, earlier: RedisCounters) -> dict[str, int]:
-        return {
-            k: n - earlier.by_command.get(k, 0)
-            for k, n in self.by_command.items()
-            if n - earlier.by_command.get(k, 0)
-        }
+        delta = {k: n - earlier.by_command.get(k, 0) for k, n in self.by_command.items()}
+        delta["info"] = delta.get("info", 0) - 3
+        return {k: n for k, n in delta.items() if n}
+
+    def commands_since(self, earlier: RedisCounters, bench_commands: int) -> int:
+        """Commands the product sent between the two reads: without the reads' own INFO calls
+        and without `bench_commands` (the bench's polling)."""
+        return self.total - earlier.total - 3 - bench_commands
 
 
 # ---- workers -------------------------------------------------------------------------------------
@@ -183,6 +204,41 @@ class Worker:
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    @property
+    def work_dir(self) -> Path:
+        return Path(self.env["BRIDGE_WORK_DIR"])
+
+
+class CpuClock:
+    """CPU seconds used since it was made: by the workers (a killed one up to its death, a
+    replacement from its start), by this process (the fakes, the webhook, the bench's own
+    polling) and by redis-server: where a small machine's cores went."""
+
+    def __init__(self, the_lab: Lab) -> None:
+        self.lab = the_lab
+        self._me = psutil.Process()
+        self._redis = psutil.Process(int(the_lab.redis.info("server")["process_id"]))
+        self._gone: dict[int, float] = {}
+        self._base = {w.proc.pid: w.cpu_seconds() for w in the_lab.workers}
+        self._base_me, self._base_redis = _cpu(self._me), _cpu(self._redis)
+
+    def before_kill(self, worker: Worker) -> None:
+        self._gone[worker.proc.pid] = worker.cpu_seconds()
+
+    def read(self) -> dict[str, float]:
+        alive = {w.proc.pid: w.cpu_seconds() for w in self.lab.workers if w.proc.poll() is None}
+        used = {**self._gone, **alive}
+        return {
+            "workers": sum(used.values()) - sum(self._base.get(pid, 0.0) for pid in used),
+            "fakes_and_webhook": _cpu(self._me) - self._base_me,
+            "redis": _cpu(self._redis) - self._base_redis,
+        }
+
+
+def _cpu(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
 
 # ---- the lab -------------------------------------------------------------------------------------
 
@@ -198,16 +254,11 @@ class Lab:
         strand_options: dict[str, Any],
         worker_env: dict[str, str] | None = None,
     ) -> None:
-        from sectra_client import mock_server
-        from sectra_client.mock_server import MockSectraServer
-
-        from strand_client.testing import FakeStrandServer
-
-        mock_server.print = lambda *a, **k: None  # type: ignore[attr-defined]
+        mock_server.print = lambda *a, **k: None
         self.work = work
         self.redis_url = redis_url
         self.redis = redis.Redis.from_url(redis_url)
-        self.sectra = MockSectraServer()
+        self.sectra = CountedSectra()
         self.sectra.run(port=0, host="127.0.0.1")
         self.strand = FakeStrandServer(**strand_options)
         self.strand.start()
@@ -237,6 +288,9 @@ class Lab:
         self.webhook_url = self._webhook.url
         self._http = httpx.Client(timeout=30)
         self.workers: list[Worker] = []
+        self.slide_bytes: dict[str, int] = {}
+        # Redis commands the bench itself sends (its polling), to take out of the product's figures.
+        self.bench_commands = 0
         self._slides = work / "slides"
         self._slides.mkdir()
 
@@ -282,6 +336,7 @@ class Lab:
             self.sectra.add_slide(slide_metadata(slide_id, w, height))
             self.sectra.add_slide_files(slide_id, path)
             ids.append(slide_id)
+            self.slide_bytes[slide_id] = path.stat().st_size
         return ids
 
     def create(self, slide_id: str) -> str:
@@ -299,6 +354,7 @@ class Lab:
         if answer.status_code != 200:
             raise RuntimeError(f"create answered {answer.status_code}: {answer.text}")
         run_id = self.store.find(APP_ID, slide_id, token)
+        self.bench_commands += 1  # that EXISTS is the bench's, not the product's
         assert run_id is not None
         return run_id
 
@@ -309,6 +365,7 @@ class Lab:
             for run_id in ids:
                 pipe.hget(f"bridge:run:{run_id}", "status")
             raw = pipe.execute()
+        self.bench_commands += len(ids)
         return {run_id: (v.decode().strip('"') if v else "gone") for run_id, v in zip(ids, raw, strict=True)}
 
     def worker_metrics(self) -> list[str]:
@@ -319,6 +376,17 @@ class Lab:
                 with contextlib.suppress(httpx.HTTPError):
                     texts.append(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)
         return texts
+
+
+class CountedSectra(MockSectraServer):
+    """MockSectraServer with the fake Strand's per-endpoint counters around its app."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests = RequestCounts()
+
+    def create_app(self) -> Any:
+        return RequestCounting(super().create_app(), self.requests)
 
 
 class _Uvicorn:
@@ -368,6 +436,50 @@ def stage_seconds(created_at: float, events: list[dict[str, Any]]) -> dict[str, 
             out[stage] = event["ts"] - previous
             previous = event["ts"]
     return out
+
+
+def stage_interval(events: list[dict[str, Any]], stage: str) -> tuple[float, float] | None:
+    """(start, end), wall clock, of a stage in a run's audit trail: from the end of the stage
+    before it to its own end; None when the run did not finish it."""
+    previous = STAGES[STAGES.index(stage) - 1] if STAGES.index(stage) else None
+    start = end = None
+    for event in events:
+        name = "waiting" if event["event"] == "job_finished" else event["data"].get("stage")
+        if event["event"] not in ("stage_done", "job_finished"):
+            continue
+        if name == previous and start is None:
+            start = event["ts"]
+        if name == stage and end is None:
+            end = event["ts"]
+    return (start, end) if start is not None and end is not None else None
+
+
+def strand_capacity_use(
+    jobs: list[tuple[float, float]], ready: list[tuple[float, float]], cap: int, span: tuple[float, float]
+) -> dict[str, float]:
+    """How Strand's `cap` x span slot-seconds were spent: running a job, idle while some run was
+    ready to submit (in `submitting`: refused with 429 and backing off), idle with no run ready
+    (the pipeline before submit could not keep up, or the batch was filling or draining).
+
+    `jobs` and `ready` are (start, end) intervals on one clock; integrated on a 10 ms grid.
+    """
+    step = 0.01
+    busy = idle_ready = idle_none = 0.0
+    t = span[0]
+    while t < span[1]:
+        running = sum(1 for a, b in jobs if a <= t < b)
+        waiting = sum(1 for a, b in ready if a <= t < b)
+        free = max(0, cap - running)
+        busy += min(running, cap) * step
+        idle_ready += min(free, waiting) * step
+        idle_none += (free - min(free, waiting)) * step
+        t += step
+    total = cap * (span[1] - span[0])
+    return {
+        "busy": busy / total,
+        "idle_run_ready": idle_ready / total,
+        "idle_no_run_ready": idle_none / total,
+    }
 
 
 def percentile(values: list[float], q: float) -> float:

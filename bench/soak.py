@@ -33,16 +33,21 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import (  # noqa: E402 (the bench directory is not a package)
+from _harness import (
     FINAL,
+    CpuClock,
     Lab,
     RedisCounters,
     lab,
     percentile,
+    stage_interval,
     stage_seconds,
     stage_table,
     step_seconds,
+    strand_capacity_use,
 )
 
 
@@ -54,12 +59,13 @@ def run_batch(args: argparse.Namespace, *, kill: bool) -> dict[str, Any]:
         for worker in workers:
             worker.wait_ready()
         redis_before = RedisCounters.read(the_lab.redis)
+        the_lab.bench_commands = 0
+        clock = CpuClock(the_lab)
         started = time.monotonic()
         run_ids = [the_lab.create(slide_id) for slide_id in slides]
         created = time.monotonic()
         finished_at: dict[str, float] = {}
         killed: dict[str, Any] = {}
-        cpu_of_gone = 0.0
         metrics_of_gone: list[str] = []
         deadline = started + args.timeout
         while len(finished_at) < len(run_ids) and time.monotonic() < deadline:
@@ -70,14 +76,25 @@ def run_batch(args: argparse.Namespace, *, kill: bool) -> dict[str, Any]:
             if kill and not killed and len(finished_at) >= len(run_ids) // 2:
                 victim = the_lab.workers[0]
                 metrics_of_gone = the_lab.worker_metrics()[:1]
-                cpu_of_gone = victim.cpu_seconds()
+                clock.before_kill(victim)
                 victim.kill()
                 killed = {"at_s": round(now - started, 1), "final_before": len(finished_at)}
                 the_lab.start_worker(args.concurrency)  # the replacement pod; ready when Celery is
             time.sleep(0.1)
         ended = time.monotonic()
-        return collect(the_lab, args, run_ids, started, created, ended, finished_at, killed,
-                       redis_before, cpu_of_gone, metrics_of_gone)  # fmt: skip
+        return collect(
+            the_lab,
+            args,
+            run_ids,
+            started,
+            created,
+            ended,
+            finished_at,
+            killed,
+            redis_before,
+            clock.read(),
+            metrics_of_gone,
+        )
 
 
 def collect(
@@ -90,15 +107,26 @@ def collect(
     finished_at: dict[str, float],
     killed: dict[str, Any],
     redis_before: RedisCounters,
-    cpu_of_gone: float,
+    cpu: dict[str, float],
     metrics_of_gone: list[str],
 ) -> dict[str, Any]:
+    redis_after = RedisCounters.read(the_lab.redis)  # before the bench's own reads below
+    bench_commands = the_lab.bench_commands
     records = {run_id: the_lab.store.get(run_id) for run_id in run_ids}
     statuses = Counter(r.status.value if r else "gone" for r in records.values())
-    per_run = [stage_seconds(r.created_at, the_lab.store.events(r.run_id)) for r in records.values() if r]
+    trails = {run_id: the_lab.store.events(run_id) for run_id, r in records.items() if r}
+    per_run = [stage_seconds(r.created_at, trails[r.run_id]) for r in records.values() if r]
+    # The fake lives in this process: its jobs' monotonic clock is ours; audit trails are wall clock.
+    to_wall = time.time() - time.monotonic()
+    job_spans = [
+        (job.created_mono + to_wall, job.created_mono + to_wall + args.job_seconds)
+        for job in the_lab.strand.jobs.values()
+    ]
+    ready = [span for trail in trails.values() if (span := stage_interval(trail, "submitting"))]
+    use = strand_capacity_use(job_spans, ready, args.cap, (started + to_wall, ended + to_wall))
     event_counts: Counter[str] = Counter()
-    for run_id in run_ids:
-        for event in the_lab.store.events(run_id):
+    for trail in trails.values():
+        for event in trail:
             event_counts[event["event"]] += 1
             if event["event"] == "step_failed":
                 event_counts[f"step_failed:{event['data'].get('error_type')}"] += 1
@@ -113,13 +141,18 @@ def collect(
     bound = args.cap / args.job_seconds * 60
     completed = statuses.get("completed", 0)
     rate = completed / elapsed * 60
-    redis_after = RedisCounters.read(the_lab.redis)
+    run_bytes = [
+        sum(
+            the_lab.redis.memory_usage(key) or 0
+            for key in (f"bridge:run:{run_id}", f"bridge:run:{run_id}:events")
+        )
+        for run_id in run_ids
+    ]
     requests = the_lab.strand.requests
     by_endpoint = requests.by_endpoint()
     status_429 = sum(n for k, n in requests.snapshot().items() if k.status == 429)
     metrics = metrics_of_gone + the_lab.worker_metrics()
     steps = step_seconds(metrics)
-    cpu = cpu_of_gone + sum(w.cpu_seconds() for w in the_lab.workers if w.proc.poll() is None)
     return {
         "runs": len(run_ids),
         "statuses": dict(statuses),
@@ -131,6 +164,7 @@ def collect(
         "ratio": rate / bound,
         "middle_ratio": middle_rate / bound,
         "stages": stage_table(per_run),
+        "strand_use": use,
         "step_seconds": steps,
         "strand_calls_per_run": {k: n / len(run_ids) for k, n in sorted(by_endpoint.items())},
         "strand_429": status_429,
@@ -140,22 +174,42 @@ def collect(
         "runs_with_job": len(set(job_ids)),
         "max_jobs_per_upload": max(uploads_with_jobs.values(), default=0),
         "orphan_jobs": len(set(jobs) - set(job_ids)),
-        "redis_commands_per_run": (redis_after.total - redis_before.total) / len(run_ids),
+        "redis_commands_per_run": redis_after.commands_since(redis_before, bench_commands) / len(run_ids),
         "redis_memory_bytes": redis_after.used_memory,
-        "worker_cpu_s_per_run": cpu / len(run_ids),
+        "redis_bytes_per_run": statistics.fmean(run_bytes),
+        "slide_bytes_mean": statistics.fmean(
+            the_lab.slide_bytes.values()
+        ),  # MEMORY USAGE of its record and audit trail
+        "worker_cpu_s_per_run": cpu["workers"] / len(run_ids),
+        "cpu_s": cpu,
+        "cores": psutil.cpu_count() or 1,
         "killed": killed,
+        "args_cap": args.cap,
+        "tail_s": (done[-1] - hi) if done else float("nan"),
     }
 
 
 def report(name: str, r: dict[str, Any]) -> None:
-    print(f"\n== {name}: {r['runs']} runs, {r['statuses']}, {r['elapsed_s']:.1f} s "
-          f"(creates took {r['create_s']:.1f} s)")  # fmt: skip
+    print(
+        f"\n== {name}: {r['runs']} runs, {r['statuses']}, {r['elapsed_s']:.1f} s "
+        f"(creates took {r['create_s']:.1f} s)"
+    )
     if r["killed"]:
-        print(f"   worker 0 SIGKILLed at {r['killed']['at_s']} s with {r['killed']['final_before']} runs final; "
-              "replacement started at once")  # fmt: skip
+        print(
+            f"   worker 0 SIGKILLed at {r['killed']['at_s']} s with {r['killed']['final_before']} "
+            "runs final; replacement started at once"
+        )
     print(f"   Strand-imposed bound (cap / job time): {r['bound_runs_per_min']:.0f} runs/min")
-    print(f"   measured: {r['runs_per_min']:.1f} runs/min = {r['ratio']:.2f} x bound "
-          f"(middle of the batch: {r['middle_runs_per_min']:.1f} runs/min = {r['middle_ratio']:.2f} x)")  # fmt: skip
+    print(
+        f"   measured: {r['runs_per_min']:.1f} runs/min = {r['ratio']:.2f} x bound "
+        f"(middle of the batch: {r['middle_runs_per_min']:.1f} runs/min = {r['middle_ratio']:.2f} x)"
+    )
+    use = r["strand_use"]
+    print(
+        f"   Strand's {r['args_cap']} slots over the batch: running jobs {use['busy']:.0%}, "
+        f"idle while a run was ready to submit (429, backing off) {use['idle_run_ready']:.0%}, "
+        f"idle with no run ready {use['idle_no_run_ready']:.0%}"
+    )
     print("   stage          wall p50   wall p95  wall mean | in-step mean (steps)")
     for stage, p50, p95, mean in r["stages"]:
         total, count = r["step_seconds"].get(stage, (0.0, 0))
@@ -167,18 +221,37 @@ def report(name: str, r: dict[str, Any]) -> None:
     rejected = r["submits_rejected"]
     calls = r["strand_calls_per_run"]
     estimates = calls.get("POST /api/v1/predict/estimate", 0.0) * r["runs"]
-    print(f"   429 answers: {r['strand_429']} (submits rejected: {rejected}); estimates {estimates:.0f} for "
-          f"{r['runs']} runs = {(estimates - r['runs']) / rejected if rejected else 0:.2f} extra per 429")  # fmt: skip
+    print(
+        f"   429 answers: {r['strand_429']} (submits rejected: {rejected}); estimates {estimates:.0f} for "
+        f"{r['runs']} runs = {(estimates - r['runs']) / rejected if rejected else 0:.2f} extra per 429"
+    )
     retries = {k: v for k, v in r["events"].items() if k.startswith("step_failed:") or k == "recovered"}
     print(f"   step failures / recoveries in the audit trails: {retries or 'none'}")
-    print(f"   Strand jobs: {r['jobs']} for {r['runs']} runs ({r['runs_with_job']} runs hold one; "
-          f"max jobs per upload {r['max_jobs_per_upload']}; jobs no run holds: {r['orphan_jobs']})")  # fmt: skip
-    print(f"   Redis: {r['redis_commands_per_run']:.0f} commands per run, used_memory "
-          f"{r['redis_memory_bytes'] / 2**20:.1f} MiB; worker CPU {r['worker_cpu_s_per_run']:.2f} s per run")  # fmt: skip
+    print(
+        f"   Strand jobs: {r['jobs']} for {r['runs']} runs ({r['runs_with_job']} runs hold one; "
+        f"max jobs per upload {r['max_jobs_per_upload']}; jobs no run holds: {r['orphan_jobs']})"
+    )
+    print(
+        f"   Redis: {r['redis_commands_per_run']:.0f} commands per run, "
+        f"{r['redis_bytes_per_run'] / 1024:.1f} KiB kept per run (record + audit trail), "
+        f"used_memory {r['redis_memory_bytes'] / 2**20:.1f} MiB"
+    )
+    print(
+        f"   worker CPU {r['worker_cpu_s_per_run']:.2f} s per run; last run final "
+        f"{r['tail_s']:.1f} s after the 90th percentile one"
+    )
+    used = sum(r["cpu_s"].values())
+    print(
+        "   CPU over the batch: "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in r["cpu_s"].items())
+        + f" = {used / (r['cores'] * r['elapsed_s']):.0%} of {r['cores']} cores x {r['elapsed_s']:.0f} s"
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=40)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=4, help="slots per worker (the CLI's default)")
@@ -196,8 +269,11 @@ def main() -> None:
             report(name, results[name])
     if args.json:
         args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, **results}, indent=2))
-    failed = [n for n, r in results.items() if r["statuses"].get("completed", 0) != r["runs"]
-              or r["jobs"] != r["runs"] or r["orphan_jobs"]]  # fmt: skip
+    failed = [
+        n
+        for n, r in results.items()
+        if r["statuses"].get("completed", 0) != r["runs"] or r["jobs"] != r["runs"] or r["orphan_jobs"]
+    ]
     if failed:
         print(f"\nNOT every run completed with exactly one Strand job in: {', '.join(failed)}")
     print(f"\nmean over scenarios: {statistics.fmean(r['ratio'] for r in results.values()):.2f} x bound")

@@ -1,33 +1,52 @@
 """Summarising one marker map over real HTTP: our streaming summary vs a decode-only pass vs the official SDK.
 
-Usage:  .venv/bin/python bench/summarise.py [--size 20000] [--workdir /tmp/bench-summarise] [--no-official]
+Usage:  .venv/bin/python bench/summarise.py [--size 20000] [--latency 0.05] [--workdir /tmp/bench-summarise]
+                                            [--no-official] [--timeout 240]
 
 Writes (once, cached under --workdir) a size x size sharded float32 marker map
 in the platform's layout, serves it from this process with the same file route
 as the platform's proxy, then runs each reader in its own subprocess, measuring
-wall time and peak RSS (ru_maxrss) there:
+wall time and peak RSS there (VmHWM: `ru_maxrss` is carried over exec from
+the forking parent, this server, so it would count the server's memory), first with no added latency, then
+with --latency seconds added to every answer (the fake platform's latency
+fault, `strand_client.testing.faults.FaultMiddleware`: a hospital's link to
+the cloud; 0 skips that round):
 
+- fetch: every shard object fetched whole by our reader's threads, not
+  decoded: what this link carries, for the bound below;
 - decode-only: our reader fetching and decoding every block, no statistics;
 - ours: `workers.summarise.summarise_marker` on the same blocks;
 - official: strand-sdk 0.17's `JobResults.to_array` (whole map into memory),
   run in a Python 3.12 venv under --workdir; skipped with a message when no
   3.12 interpreter is found. If it cannot hold --size, smaller maps are tried.
 
-Prints the throughput ratio ours / decode-only (target >= 0.4) and peak RSS
-(target: ours < 256 MiB and <= 1/10 of the official whole-array read).
+Every child is stopped after --timeout seconds. The server counts the answers
+and body bytes of each run. Prints ours against the official SDK (target >=
+1.2x) and against decode-only (target >= 0.6x), peak RSS (target: ours < 256
+MiB and <= 1/10 of the official whole-array read), and, with latency, ours
+against the link's bound: bytes / bandwidth (from the fetch run without added
+latency) + round trips x latency, where the round trips are the answers over
+the requests our reader keeps in flight.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import math
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -39,8 +58,22 @@ THRESHOLD = 0.5
 MPP = 0.25
 OFFICIAL_FALLBACK_SIZES = (16000, 12000, 8000)
 
-_OFFICIAL_CHILD = """
-import json, resource, sys, time
+
+def peak_rss() -> int:
+    """This process's own peak RSS in bytes (Linux: VmHWM, the high-water mark since its exec).
+
+    `ru_maxrss` will not do: Linux carries it over exec from the parent that
+    forked the child, so every child would report at least this server's peak.
+    """
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+
+
+_OFFICIAL_CHILD = (
+    inspect.getsource(peak_rss)
+    + """
+import json, sys, time
 from strand import Client
 from strand._results import JobResults
 url, key, job, marker = sys.argv[1:5]
@@ -49,24 +82,61 @@ results = JobResults(job_id=job, result_url="", result_base_path="", expires_at=
 start = time.perf_counter()
 array, _meta = results.to_array(name=marker)
 wall = time.perf_counter() - start
-print(json.dumps({"wall": wall, "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                  "shape": list(array.shape)}))
+print(json.dumps({"wall": wall, "rss": peak_rss(), "shape": list(array.shape)}))
 """
+)
+
+
+class Counting:
+    """ASGI wrapper counting answers and body bytes sent (read between runs: one run at a time)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._lock = threading.Lock()
+        self.answers = 0
+        self.body_bytes = 0
+
+    def take(self) -> tuple[int, int]:
+        with self._lock:
+            counts = (self.answers, self.body_bytes)
+            self.answers = self.body_bytes = 0
+            return counts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def counting_send(message: Message) -> None:
+            with self._lock:
+                if message["type"] == "http.response.start":
+                    self.answers += 1
+                elif message["type"] == "http.response.body":
+                    self.body_bytes += len(message.get("body", b""))
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
 
 
 def child(mode: str, url: str, size: int) -> None:
     """Runs in a fresh interpreter so its peak RSS is its own (it imports only what a worker would)."""
-    import resource
+    from concurrent.futures import ThreadPoolExecutor
 
+    from strand_client._shards import store_fetcher
     from strand_client.results import JobResults
     from workers.summarise import summarise_marker
 
     with JobResults(api_root=f"{url}/api/v1", api_key=API_KEY, job_id=JOB_ID) as results:
         marker_map = results.open_marker(MARKER)
+        layout = marker_map.shards
         start = time.perf_counter()
-        if mode == "decode":
+        if mode == "fetch":
+            assert layout is not None, "the bench map is not in the platform's sharded layout"
+            fetch = store_fetcher(marker_map.array)
+            rows, cols = layout.grid
+            keys = [layout.shard_key(row, col) for row in range(rows) for col in range(cols)]
+            with ThreadPoolExecutor(marker_map.in_flight(banded=True)) as pool:
+                fetched = sum(len(data) for data in pool.map(fetch, keys) if data is not None)
+            detail: dict[str, Any] = {"bytes": fetched}
+        elif mode == "decode":
             pixels = sum(block.values.size for block in marker_map.blocks())
-            detail: dict[str, Any] = {"pixels": pixels}
+            detail = {"pixels": pixels}
         else:
             summary = summarise_marker(
                 marker_map, threshold=THRESHOLD, slide_width=size, slide_height=size, microns_per_pixel=MPP
@@ -77,8 +147,8 @@ def child(mode: str, url: str, size: int) -> None:
                 "hotspots": len(summary.hotspots),
             }
         wall = time.perf_counter() - start
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"wall": wall, "rss": rss, **detail}))
+        detail["in_flight"] = marker_map.in_flight(banded=mode != "decode")
+    print(json.dumps({"wall": wall, "rss": peak_rss(), **detail}))
 
 
 def ensure_map(workdir: Path, size: int) -> Path:
@@ -96,8 +166,12 @@ def ensure_map(workdir: Path, size: int) -> Path:
     return target
 
 
-def run_child(argv: list[str]) -> dict[str, Any] | None:
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+def run_child(argv: list[str], timeout: float) -> dict[str, Any] | None:
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"  child stopped after {timeout:.0f} s")
+        return None
     if proc.returncode != 0:
         print(f"  child failed ({proc.returncode}): {proc.stderr.strip()[-600:]}")
         return None
@@ -147,58 +221,121 @@ def main() -> None:
     parser.add_argument(
         "--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "bench-summarise"
     )
+    parser.add_argument("--latency", type=float, default=0.05, help="seconds added to every answer (0: none)")
+    parser.add_argument("--timeout", type=float, default=240.0, help="seconds before a child is stopped")
     parser.add_argument("--no-official", action="store_true")
-    parser.add_argument("--child", choices=["decode", "ours"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["fetch", "decode", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child, args.url, args.size)
         return
 
-    from strand_client.testing.zarr_results import results_files_app, serve_app
-
     args.workdir.mkdir(parents=True, exist_ok=True)
     data = ensure_map(args.workdir, args.size)
+    python = None if args.no_official else official_python(args.workdir)
     me = [sys.executable, str(Path(__file__).resolve())]
-    rows: dict[str, dict[str, Any] | None] = {}
-    with serve_app(results_files_app(data, api_key=API_KEY)) as url:
-        for mode in ("decode", "ours"):
-            print(f"running {mode} ...", flush=True)
-            rows[mode] = run_child([*me, "--child", mode, "--url", url, "--size", str(args.size)])
-        official_size = None
-        python = None if args.no_official else official_python(args.workdir)
-        if python is not None:
-            for size in (args.size, *(s for s in OFFICIAL_FALLBACK_SIZES if s < args.size)):
-                with serve_app(results_files_app(ensure_map(args.workdir, size), api_key=API_KEY)) as sdk_url:
-                    print(f"running official to_array on {size}x{size} ...", flush=True)
-                    rows["official"] = run_child(
-                        [str(python), "-c", _OFFICIAL_CHILD, sdk_url, API_KEY, JOB_ID, MARKER]
-                    )
-                if rows["official"] is not None:
-                    official_size = size
-                    break
-
-    print(f"\nmap {args.size}x{args.size} float32, sharded 2048/256, zstd; served over HTTP from 127.0.0.1")
-    print(f"{'reader':<14}{'wall s':>9}{'Mpx/s':>9}{'peak RSS':>12}")
-    for mode, row in rows.items():
-        if row is None:
-            print(f"{mode:<14}{'failed':>9}")
+    rounds: dict[float, dict[str, dict[str, Any] | None]] = {}
+    official_size: int | None = None
+    for latency in [0.0, *([args.latency] if args.latency > 0 else [])]:
+        rows = rounds[latency] = {}
+        with served(data, latency) as (url, counting):
+            for mode in ("fetch", "decode", "ours"):
+                print(f"[latency {latency * 1000:.0f} ms] running {mode} ...", flush=True)
+                counting.take()
+                row = run_child([*me, "--child", mode, "--url", url, "--size", str(args.size)], args.timeout)
+                rows[mode] = counted(row, counting)
+        if python is None:
             continue
-        side = official_size if mode == "official" else args.size
-        assert side is not None
-        print(f"{mode:<14}{row['wall']:>9.2f}{side * side / row['wall'] / 1e6:>9.1f}{mib(row['rss']):>12}")
-    decode, ours, official = rows.get("decode"), rows.get("ours"), rows.get("official")
-    if decode and ours:
-        ratio = decode["wall"] / ours["wall"]
-        print(f"\nthroughput ours / decode-only: {ratio:.2f} (target >= 0.4)")
-        print(f"peak RSS ours: {mib(ours['rss'])} (target < 256 MiB)")
-    if ours and official and official_size:
-        note = (
-            ""
-            if official_size == args.size
-            else f" (official read a {official_size}^2 map; ours {args.size}^2)"
+        sizes = (
+            [official_size]
+            if official_size
+            else [args.size, *(s for s in OFFICIAL_FALLBACK_SIZES if s < args.size)]
         )
-        print(f"peak RSS ours / official: {ours['rss'] / official['rss']:.3f} (target <= 0.1){note}")
+        for size in sizes:
+            with served(ensure_map(args.workdir, size), latency) as (sdk_url, counting):
+                print(
+                    f"[latency {latency * 1000:.0f} ms] running official to_array on {size}x{size} ...",
+                    flush=True,
+                )
+                counting.take()
+                row = run_child(
+                    [str(python), "-c", _OFFICIAL_CHILD, sdk_url, API_KEY, JOB_ID, MARKER], args.timeout
+                )
+                rows["official"] = counted(row, counting)
+            if rows["official"] is not None:
+                official_size = size
+                break
+    report(args.size, official_size, rounds)
+
+
+@contextmanager
+def served(data: Path, latency: float) -> Iterator[tuple[str, Counting]]:
+    """The map served as the platform's proxy does, `latency` seconds late, its answers counted."""
+    from strand_client.testing.faults import FaultMiddleware, Faults
+    from strand_client.testing.zarr_results import results_files_app, serve_app
+
+    faults = Faults()
+    faults.latency = latency
+    counting = Counting(FaultMiddleware(results_files_app(data, api_key=API_KEY), faults))
+    with serve_app(counting) as url:  # type: ignore[arg-type]
+        yield url, counting
+
+
+def counted(row: dict[str, Any] | None, counting: Counting) -> dict[str, Any] | None:
+    """The child's figures with the server's count of its answers and body bytes."""
+    answers, body_bytes = counting.take()
+    return None if row is None else {**row, "answers": answers, "served": body_bytes}
+
+
+def report(
+    size: int, official_size: int | None, rounds: dict[float, dict[str, dict[str, Any] | None]]
+) -> None:
+    print(f"\nmap {size}x{size} float32, sharded 2048/256, zstd; served over HTTP from 127.0.0.1")
+    base = rounds.get(0.0, {})
+    for latency, rows in rounds.items():
+        print(f"\nadded latency {latency * 1000:.0f} ms per answer")
+        print(f"{'reader':<12}{'wall s':>9}{'Mpx/s':>9}{'peak RSS':>11}{'answers':>9}{'served':>11}")
+        for mode, row in rows.items():
+            if row is None:
+                print(f"{mode:<12}{'failed':>9}")
+                continue
+            side = official_size if mode == "official" else size
+            assert side is not None
+            print(
+                f"{mode:<12}{row['wall']:>9.2f}{side * side / row['wall'] / 1e6:>9.1f}{mib(row['rss']):>11}"
+                f"{row['answers']:>9}{mib(row['served']):>11}"
+            )
+        decode, ours, official = rows.get("decode"), rows.get("ours"), rows.get("official")
+        if decode and ours:
+            print(f"throughput ours / decode-only: {decode['wall'] / ours['wall']:.2f} (target >= 0.6)")
+            print(f"peak RSS ours: {mib(ours['rss'])} (target < 256 MiB)")
+        if ours and official and official_size:
+            scale = (
+                size / official_size
+            ) ** 2  # the official read a smaller map when it could not hold this one
+            note = "" if official_size == size else f" (official read a {official_size}^2 map, scaled)"
+            print(
+                f"speed ours / official: {official['wall'] * scale / ours['wall']:.2f}x (target >= 1.2){note}"
+            )
+            print(f"peak RSS ours / official: {ours['rss'] / official['rss']:.3f} (target <= 0.1){note}")
+        fetch0 = base.get("fetch")
+        if latency > 0 and ours and fetch0:
+            bandwidth = fetch0["served"] / fetch0["wall"]
+            trips = math.ceil(ours["answers"] / ours["in_flight"])
+            bound = ours["served"] / bandwidth + trips * latency
+            print(
+                f"bound for ours: {mib(ours['served'])} / {bandwidth / 2**20:.0f} MiB/s + {trips} round "
+                f"trips ({ours['answers']} answers / {ours['in_flight']} in flight)"
+                f" x {latency * 1000:.0f} ms = {bound:.2f} s; "
+                f"ours {ours['wall']:.2f} s = {ours['wall'] / bound:.2f}x the bound"
+            )
+            base_ours = base.get("ours")
+            if base_ours:
+                print(
+                    f"ours with latency - ours without: {ours['wall'] - base_ours['wall']:+.2f} s "
+                    f"(the round trips alone: {trips * latency:.2f} s)"
+                )
 
 
 if __name__ == "__main__":

@@ -1,40 +1,50 @@
-"""Latency of the webhook's `create` under an open-loop load, against a bare FastAPI endpoint.
+"""Latency and CPU of the webhook's `create` under an open-loop load, against a bare endpoint.
 
-    .venv/bin/python bench/webhook.py [--rate 200] [--duration 10] [--workers 2]
-                                      [--redis-url redis://localhost:6379/13] [--enqueue celery|none]
+    .venv/bin/python bench/webhook.py [--rates 50,100,200] [--duration 10] [--workers 2]
+                                      [--redis-url redis://127.0.0.1:6379/13] [--log-level INFO]
+                                      [--profile FILE]
 
-Separate processes, so no two parts share an interpreter: Sectra's mock server
-(the `create` path stores a pending result there), the bridge under uvicorn,
-a bare FastAPI app under the same uvicorn settings that reads the body and
-answers a constant JSON, and the load generator. Both servers run `--workers`
-uvicorn processes, as a deployment would (`sectra-bridge serve` behind one port).
+Separate processes, so no two parts share an interpreter: Sectra's mock server (the `create`
+path stores a pending result there; one uvicorn process), the bridge as a deployment runs it
+(`sectra-bridge serve --workers N`: service/server.py's HTTP layer, N processes behind one port),
+a bare FastAPI app behind the same HTTP layer with the same N processes (it reads the body and
+answers a constant JSON), the load generator (one process, started per measurement), and Redis
+(the server at `--redis-url`; its CPU is read from `INFO cpu`, so give the bench a Redis of its
+own for that figure to be the bench's alone).
 
-The load is open-loop: request i is sent at t0 + i/rate whether or not earlier
-ones have answered, and its latency counts from that scheduled instant, so a
-stall shows up as latency instead of quietly lowering the rate. The loader
-speaks HTTP/1.1 over raw asyncio streams (keep-alive, a new connection only
-when all are busy): an HTTP client library would cost more CPU than the bare
-endpoint itself on a small machine, and skew both figures alike.
+The load is open-loop: request i is sent at t0 + i/rate whether or not earlier ones have
+answered, and its latency counts from that scheduled instant, so a stall shows up as latency
+instead of quietly lowering the rate. The loader speaks HTTP/1.1 over raw asyncio streams
+(keep-alive, a new connection only when all are busy): an HTTP client library would cost more
+CPU than the bare endpoint itself on a small machine, and skew both figures alike.
 
-Every bridge request carries a distinct cancellationToken, so each is a real new
-run: Redis writes, a Sectra result, and (with `--enqueue celery`, the default) a
-real Celery message on the broker. The same run measures the bare endpoint
-first, then the bridge, and prints both with their ratio. Target: bridge p99 <
-50 ms at 200 requests/s. Uses its own Redis database (13 by default) and
-deletes what it wrote.
+Every bridge request carries a distinct cancellationToken, so each is a real new run: Redis
+writes, a Sectra result and a Celery message on the broker (nobody consumes it; the bench
+deletes it). At each rate the same run measures the bare endpoint, then the bridge, and prints
+both with their ratio; CPU per request is each server's process tree (supervisor and workers)
+over the requests sent, which load elsewhere on the machine barely moves, unlike latency.
+Targets: bridge p99 < 50 ms at 200 requests/s, and CPU per create <= 3x the bare endpoint.
+
+`--profile FILE` adds an unmeasured pass at the highest rate under py-spy (`--gil`: samples of
+the threads holding the GIL, so CPU, not waiting), writes the collapsed stacks to FILE and
+prints the costliest frames.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import os
 import re
+import shutil
+import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -48,6 +58,12 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere; our packages are
 SECTRA_TOKEN = "bench-sectra-token"
 APP_ID = "strand-default"
 _CONTENT_LENGTH = re.compile(rb"(?i)\r\ncontent-length:\s*(\d+)")
+# Frames that every sample passes through and that say nothing about where the cost is.
+_PLUMBING = re.compile(
+    r"^(Thread\._bootstrap|Thread\.run|WorkerThread\.run|<module>|run \(|Runner\.run|asyncio_run|"
+    r"Server\.(run|serve)|BaseEventLoop|_run_once|Handle\._run|subprocess_started|Process\.|"
+    r"BaseProcess\.|_main \(|spawn_main|_serve_forever|Popen)"
+)
 
 
 def _free_port() -> int:
@@ -57,11 +73,13 @@ def _free_port() -> int:
         return port
 
 
-def _wait_for(url: str, deadline_s: float = 60.0) -> None:
+def _wait_for(url: str, process: subprocess.Popen[bytes], deadline_s: float = 60.0) -> None:
     import httpx
 
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server for {url} exited with status {process.returncode}")
         try:
             httpx.get(url, timeout=1.0)
             return
@@ -73,50 +91,12 @@ def _wait_for(url: str, deadline_s: float = 60.0) -> None:
 # ---- the servers (each in its own processes) ---------------------------------------------------
 
 
-def _uvicorn(factory: str, port: int, workers: int) -> None:
-    import uvicorn
-
-    uvicorn.run(
-        f"webhook:{factory}",
-        factory=True,
-        app_dir=str(Path(__file__).parent),
-        host="127.0.0.1",
-        port=port,
-        workers=workers,
-        log_level="warning",
-        access_log=False,
-    )
-
-
 def sectra_app() -> FastAPI:
     from sectra_client.mock_server import MockSectraServer
 
     # Served by uvicorn binding its own socket: MockSectraServer.run() hands uvicorn a socket
     # without IPPROTO_TCP, so asyncio skips TCP_NODELAY and every answer waits ~40 ms on Nagle.
     return MockSectraServer(token=SECTRA_TOKEN).create_app()
-
-
-def bridge_app() -> FastAPI:
-    """The real webhook, configured from BENCH_* variables (uvicorn workers import this)."""
-    import redis
-
-    from service.app import create_app
-    from workers.apps import default_apps
-    from workers.runstore import RunStore
-    from workers.settings import Settings
-
-    redis_url = os.environ["BENCH_REDIS_URL"]
-    settings = Settings(
-        REDIS_URL=redis_url,
-        SECTRA_ALLOWED_CALLBACK_URLS=os.environ["BENCH_SECTRA_URL"],
-        SECTRA_ALLOW_HTTP=True,
-    )
-    store = RunStore(redis.Redis.from_url(redis_url, socket_timeout=5), prefix=os.environ["BENCH_PREFIX"])
-    if os.environ["BENCH_ENQUEUE"] == "celery":
-        from workers.dispatch import enqueue_run
-
-        return create_app(settings, default_apps(), store=store, enqueue=enqueue_run)
-    return create_app(settings, default_apps(), store=store, enqueue=lambda _run_id: None)
 
 
 def bare_app() -> FastAPI:
@@ -130,6 +110,21 @@ def bare_app() -> FastAPI:
     app.add_api_route("/sectra/{app_id}", bare, methods=["POST"])
     app.add_api_route("/healthz", lambda: {"status": "ok"}, methods=["GET"])
     return app
+
+
+def _serve_sectra(port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(sectra_app(), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def _serve_bare(port: int, workers: int) -> None:
+    """The bare app behind the bridge's own HTTP layer and process model (service/server.py)."""
+    from service.server import HttpLimits, serve_workers
+
+    serve_workers(
+        f"{Path(__file__).stem}:bare_app", host="127.0.0.1", port=port, limits=HttpLimits(), workers=workers
+    )
 
 
 # ---- the load ----------------------------------------------------------------------------------
@@ -156,7 +151,7 @@ def _payload(host: str, sectra_url: str) -> bytes:
 async def _load(port: int, sectra_url: str, rate: float, duration: float, warmup: float) -> dict[str, Any]:
     total = int((warmup + duration) * rate)
     payloads = [_payload(f"127.0.0.1:{port}", sectra_url) for _ in range(total)]
-    # (last used, reader, writer); uvicorn drops keep-alive connections idle for 5 s, so older
+    # (last used, reader, writer); the server drops keep-alive connections idle for 5 s, so older
     # ones are closed here rather than reused into a reset.
     idle: list[tuple[float, asyncio.StreamReader, asyncio.StreamWriter]] = []
     latencies: list[float] = []
@@ -192,6 +187,7 @@ async def _load(port: int, sectra_url: str, rate: float, duration: float, warmup
             if outcome != "200":
                 errors[outcome] = errors.get(outcome, 0) + 1
 
+    cpu_before = time.process_time()
     start = time.perf_counter() + 0.2
     await asyncio.gather(*(one(i, start + i / rate) for i in range(total)))
     for _, _, writer in idle:
@@ -205,33 +201,31 @@ async def _load(port: int, sectra_url: str, rate: float, duration: float, warmup
         "requests": len(latencies),
         "errors": errors,
         "p50_ms": pct(50),
-        "p90_ms": pct(90),
         "p99_ms": pct(99),
         "max_ms": round(latencies[-1] * 1000, 2),
         "mean_ms": round(statistics.fmean(latencies) * 1000, 2),
+        "loader_cpu_ms_per_request": round((time.process_time() - cpu_before) / total * 1000, 3),
     }
 
 
 def run_load(port: int, sectra_url: str, rate: float, duration: float, warmup: float) -> None:
-    try:
-        import uvloop
+    import uvloop
 
-        uvloop.install()
-    except ImportError:
-        pass
+    uvloop.install()
     print(json.dumps(asyncio.run(_load(port, sectra_url, rate, duration, warmup))))
 
 
-# ---- orchestration -----------------------------------------------------------------------------
+# ---- measuring ---------------------------------------------------------------------------------
 
 
-def _python(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def _popen(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     merged = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.Popen([sys.executable, __file__, *args], cwd=ROOT, env=merged)
+    with log.open("ab") as out:
+        return subprocess.Popen(args, cwd=ROOT, env=merged, stdout=out, stderr=out)
 
 
 def _cpu_seconds(pid: int) -> float:
-    """CPU time of a server: its uvicorn supervisor and every worker process under it."""
+    """CPU time of a server: its supervisor and every worker process under it."""
     import psutil
 
     root = psutil.Process(pid)
@@ -245,10 +239,27 @@ def _cpu_seconds(pid: int) -> float:
     return total
 
 
-def _measure(port: int, pid: int, sectra_url: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Latencies from the loader, and the server's CPU per request (a figure that load elsewhere
-    on the machine barely moves, unlike latency)."""
-    cpu_before = _cpu_seconds(pid)
+def _redis_cpu_seconds(redis_url: str) -> float:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        info = client.info("cpu")
+    finally:
+        client.close()
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def _measure(
+    port: int,
+    server: subprocess.Popen[bytes],
+    sectra: subprocess.Popen[bytes],
+    rate: float,
+    sectra_url: str,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Latencies from the loader; CPU per request of the server, the mock Sectra and Redis."""
+    before = (_cpu_seconds(server.pid), _cpu_seconds(sectra.pid), _redis_cpu_seconds(args.redis_url))
     out = subprocess.run(
         [
             sys.executable,
@@ -256,7 +267,7 @@ def _measure(port: int, pid: int, sectra_url: str, args: argparse.Namespace) -> 
             "_load",
             str(port),
             sectra_url,
-            *map(str, (args.rate, args.duration, args.warmup)),
+            *map(str, (rate, args.duration, args.warmup)),
         ],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -264,38 +275,106 @@ def _measure(port: int, pid: int, sectra_url: str, args: argparse.Namespace) -> 
         capture_output=True,
         text=True,
     )
+    after = (_cpu_seconds(server.pid), _cpu_seconds(sectra.pid), _redis_cpu_seconds(args.redis_url))
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    total = int((args.warmup + args.duration) * args.rate)
-    result["cpu_ms_per_request"] = round((_cpu_seconds(pid) - cpu_before) / total * 1000, 2)
+    total = int((args.warmup + args.duration) * rate)
+    server_cpu, sectra_cpu, redis_cpu = (
+        round((a - b) / total * 1000, 3) for a, b in zip(after, before, strict=True)
+    )
+    result.update(cpu_ms_per_request=server_cpu, sectra_cpu_ms=sectra_cpu, redis_cpu_ms=redis_cpu)
     return result
 
 
-def _cleanup(redis_url: str, prefix: str) -> int:
+def _profile(
+    port: int, server: subprocess.Popen[bytes], rate: float, sectra_url: str, args: argparse.Namespace
+) -> None:
+    """py-spy over the bridge's process tree during one unmeasured pass at `rate`."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        print("--profile: py-spy is not installed (pip install py-spy); no profile taken")
+        return
+    seconds = args.warmup + args.duration + 1
+    recorder = subprocess.Popen(
+        [
+            spy,
+            "record",
+            "--gil",
+            "--subprocesses",
+            "--nonblocking",
+            "--rate",
+            "200",
+            "--format",
+            "raw",
+            "--output",
+            args.profile,
+            "--duration",
+            str(int(seconds + 1)),
+            "--pid",
+            str(server.pid),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.0)  # py-spy attaches to every process of the tree before the load starts
+    subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "_load",
+            str(port),
+            sectra_url,
+            *map(str, (rate, args.duration, args.warmup)),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=True,
+        capture_output=True,
+    )
+    recorder.wait(timeout=seconds + 30)
+    print(f"\nprofile of the bridge at {rate:g} requests/s (py-spy --gil; stacks in {args.profile}):")
+    for line in top_frames(Path(args.profile)):
+        print("  " + line)
+
+
+def top_frames(collapsed: Path, count: int = 30) -> list[str]:
+    """Inclusive share of samples per frame (function and file), plumbing frames left out."""
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, samples = line.rpartition(" ")
+        if not stack or not samples.isdigit():
+            continue
+        n = int(samples)
+        total += n
+        frames = {
+            re.sub(r":\d+\)$", ")", f) for f in stack.split(";") if not f.startswith(("process ", "thread "))
+        }
+        for frame in frames:
+            inclusive[frame] += n
+    rows = [(frame, n) for frame, n in inclusive.most_common() if not _PLUMBING.match(frame)][:count]
+    return [f"{100 * n / max(total, 1):5.1f} %  {frame}" for frame, n in rows]
+
+
+def _cleanup(redis_url: str) -> int:
     import redis
 
     from workers.celery_app import QUEUE
 
     client = redis.Redis.from_url(redis_url)
-    run_ids = set()
     deleted = 0
-    for key in client.scan_iter(f"{prefix}:*", count=1000):
-        name = key.decode()
-        if name.startswith(f"{prefix}:run:") and name.count(":") == 2:
-            run_ids.add(name.rsplit(":", 1)[1])
+    for key in client.scan_iter("bridge:*", count=1000):
         deleted += client.delete(key)
-    for run_id in run_ids:
-        deleted += client.delete(f"bridge:next-step:{run_id}")
     deleted += client.delete(QUEUE, f"_kombu.binding.{QUEUE}")
     client.close()
     return deleted
 
 
-def _report(name: str, result: dict[str, Any]) -> None:
+def _report(name: str, r: dict[str, Any]) -> None:
     print(
-        f"{name:22}  p50 {result['p50_ms']:7.2f} ms  p90 {result['p90_ms']:7.2f} ms  "
-        f"p99 {result['p99_ms']:7.2f} ms  max {result['max_ms']:7.2f} ms  "
-        f"server CPU {result['cpu_ms_per_request']:.2f} ms/request  n={result['requests']} "
-        f"errors={result['errors'] or 0}"
+        f"  {name:8} p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  max {r['max_ms']:7.2f} ms  "
+        f"server CPU {r['cpu_ms_per_request']:.3f} ms/req  (Sectra mock {r['sectra_cpu_ms']:.3f}, "
+        f"Redis {r['redis_cpu_ms']:.3f}, loader {r['loader_cpu_ms_per_request']:.3f})  "
+        f"n={r['requests']} errors={r['errors'] or 0}"
     )
 
 
@@ -303,61 +382,86 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rate", type=float, default=200.0, help="requests per second")
-    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
-    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
-    parser.add_argument("--workers", type=int, default=2, help="uvicorn processes per server")
-    parser.add_argument("--redis-url", default="redis://localhost:6379/13")
-    parser.add_argument("--enqueue", choices=["celery", "none"], default="celery")
+    parser.add_argument("--rates", default="50,100,200", help="requests per second, comma-separated")
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per rate")
+    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first, per rate")
+    parser.add_argument("--workers", type=int, default=2, help="server processes (`serve --workers N`)")
+    parser.add_argument(
+        "--redis-url", default="redis://127.0.0.1:6379/13", help="a database the bench may fill"
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", help="the bridge's BRIDGE_LOG_LEVEL (INFO: the default)"
+    )
+    parser.add_argument("--profile", default=None, help="also profile the bridge with py-spy into this file")
     args = parser.parse_args()
+    rates = [float(r) for r in args.rates.split(",")]
 
-    prefix = f"bench-{uuid.uuid4().hex[:8]}"
     ports = {name: _free_port() for name in ("sectra", "bridge", "bare")}
     sectra_url = f"http://127.0.0.1:{ports['sectra']}"
-    bench_env = {
-        "BENCH_REDIS_URL": args.redis_url,
-        "BENCH_SECTRA_URL": sectra_url,
-        "BENCH_PREFIX": prefix,
-        "BENCH_ENQUEUE": args.enqueue,
-        "REDIS_URL": args.redis_url,  # the Celery broker reads it
+    logs = Path(tempfile.mkdtemp(prefix="bench-webhook-"))
+    exe = str(Path(sys.executable).parent / "sectra-bridge")
+    bridge_env = {
+        "REDIS_URL": args.redis_url,  # the run store and the Celery broker
+        "SECTRA_ALLOWED_CALLBACK_URLS": sectra_url,
+        "SECTRA_ALLOW_HTTP": "true",
+        "BRIDGE_LOG_LEVEL": args.log_level,
     }
-    processes = [
-        _python("_serve", "sectra_app", str(ports["sectra"]), "1"),
-        _python("_serve", "bridge_app", str(ports["bridge"]), str(args.workers), env=bench_env),
-        _python("_serve", "bare_app", str(ports["bare"]), str(args.workers)),
-    ]
+    sectra = _popen([sys.executable, __file__, "_sectra", str(ports["sectra"])], logs / "sectra.log")
+    bridge = _popen(
+        [exe, "serve", "--host", "127.0.0.1", "--port", str(ports["bridge"]), "--workers", str(args.workers)],
+        logs / "bridge.log",
+        env=bridge_env,
+    )
+    bare = _popen(
+        [sys.executable, __file__, "_bare", str(ports["bare"]), str(args.workers)], logs / "bare.log"
+    )
+    results: list[tuple[float, dict[str, Any], dict[str, Any]]] = []
     try:
-        _wait_for(f"{sectra_url}/dev/slides")
-        _wait_for(f"http://127.0.0.1:{ports['bridge']}/healthz")
-        _wait_for(f"http://127.0.0.1:{ports['bare']}/healthz")
-        bare = _measure(ports["bare"], processes[2].pid, sectra_url, args)
-        bridge = _measure(ports["bridge"], processes[1].pid, sectra_url, args)
+        _wait_for(f"{sectra_url}/dev/slides", sectra)
+        _wait_for(f"http://127.0.0.1:{ports['bridge']}/healthz", bridge)
+        _wait_for(f"http://127.0.0.1:{ports['bare']}/healthz", bare)
+        for rate in rates:
+            bare_result = _measure(ports["bare"], bare, sectra, rate, sectra_url, args)
+            bridge_result = _measure(ports["bridge"], bridge, sectra, rate, sectra_url, args)
+            results.append((rate, bare_result, bridge_result))
+        if args.profile:
+            _profile(ports["bridge"], bridge, max(rates), sectra_url, args)
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
+        for process in (sectra, bridge, bare):
+            process.send_signal(signal.SIGTERM)
+        for process in (sectra, bridge, bare):
             process.wait(timeout=30)
-        cleaned = _cleanup(args.redis_url, prefix)
+        cleaned = _cleanup(args.redis_url)
     print(
-        f"open-loop load: {args.rate:g} requests/s for {args.duration:g} s (after {args.warmup:g} s warm-up)"
+        f"\nopen-loop load, {args.duration:g} s per rate after {args.warmup:g} s warm-up; "
+        f"{args.workers} server processes each (`sectra-bridge serve --workers {args.workers}`, and the "
+        f"bare app behind the same service/server.py layer); bridge log level {args.log_level}; "
+        f"Redis keys cleaned: {cleaned}"
     )
     print(
-        f"{args.workers} uvicorn worker(s) per server; enqueue: {args.enqueue}; redis keys cleaned: {cleaned}"
+        "also on this machine: the load generator (1 process), the mock Sectra (1 uvicorn process), "
+        f"Redis (1 process), each server's supervisor (1 process); {os.cpu_count()} cores; logs in {logs}"
     )
-    _report("bare FastAPI endpoint", bare)
-    _report("bridge POST create", bridge)
-    p50_ratio = bridge["p50_ms"] / bare["p50_ms"]
-    p99_ratio = bridge["p99_ms"] / bare["p99_ms"]
-    cpu_ratio = bridge["cpu_ms_per_request"] / bare["cpu_ms_per_request"]
-    print(f"bridge / bare: p50 x{p50_ratio:.1f}, p99 x{p99_ratio:.1f}, CPU per request x{cpu_ratio:.1f}")
-    met = bridge["p99_ms"] < 50 and not bridge["errors"]
-    print(f"target bridge p99 < 50 ms with no errors: {'met' if met else 'NOT met'}")
+    met = True
+    for rate, bare_result, bridge_result in results:
+        print(f"{rate:g} requests/s")
+        _report("bare", bare_result)
+        _report("bridge", bridge_result)
+        cpu_ratio = bridge_result["cpu_ms_per_request"] / bare_result["cpu_ms_per_request"]
+        print(
+            f"  bridge / bare: p50 x{bridge_result['p50_ms'] / bare_result['p50_ms']:.1f}, "
+            f"p99 x{bridge_result['p99_ms'] / bare_result['p99_ms']:.1f}, CPU per request x{cpu_ratio:.1f}"
+        )
+        met = met and bridge_result["p99_ms"] < 50 and not bridge_result["errors"]
+    print(f"target bridge p99 < 50 ms with no errors at every rate: {'met' if met else 'NOT met'}")
 
 
 if __name__ == "__main__":
     command = sys.argv[1] if len(sys.argv) > 1 else ""
-    if command == "_serve":
-        _uvicorn(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    if command == "_sectra":
+        _serve_sectra(int(sys.argv[2]))
+    elif command == "_bare":
+        _serve_bare(int(sys.argv[2]), int(sys.argv[3]))
     elif command == "_load":
         run_load(int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6]))
     else:

@@ -74,6 +74,18 @@ def _release(error: BaseException) -> None:
         error.response.close()
 
 
+def http_client(transport: httpx.BaseTransport | None = None) -> httpx.Client:
+    """The httpx client under an adapter: no redirects, JSON by default, urllib3 unless told otherwise.
+
+    Timeouts and the token's auth flow are the adapter's, sent with each request.
+    """
+    return httpx.Client(
+        follow_redirects=False,
+        transport=transport if transport is not None else Urllib3Transport(),
+        headers={"Accept": "application/json", "User-Agent": "sectra-strand-bridge"},
+    )
+
+
 class SectraAdapter:
     """One Sectra server, one token. Thread-safe; use as a context manager or call `close()`.
 
@@ -96,7 +108,10 @@ class SectraAdapter:
         backoff: Backoff | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        client: httpx.Client | None = None,
     ) -> None:
+        """`client`: an `http_client()` shared with other adapters (`sectra_adapter.pool`); it is
+        not closed by `close()`, and `transport` is then unused."""
         self.base_url = normalise_base_url(url, allow_http)
         credentials = (
             ClientCredentials(client_id, client_secret, application_id or "")
@@ -106,20 +121,17 @@ class SectraAdapter:
         self._backoff = backoff or Backoff(max_retries=max_retries)
         self._sleep = sleep
         # The read timeout bounds each wait for bytes, not the whole transfer: a slide may take minutes.
-        limits = httpx.Timeout(timeout, connect=min(timeout, 10.0))
-        self._client = httpx.Client(
-            auth=SectraTokenAuth(
-                token,
-                token_url=self.base_url + "/token",
-                credentials=credentials,
-                timeout=limits,
-                clock=clock,
-            ),
-            timeout=limits,
-            follow_redirects=False,
-            transport=transport if transport is not None else Urllib3Transport(),
-            headers={"Accept": "application/json", "User-Agent": "sectra-strand-bridge"},
+        self._timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
+        # Per request rather than per client, so adapters (one per token) can share a client.
+        self._auth = SectraTokenAuth(
+            token,
+            token_url=self.base_url + "/token",
+            credentials=credentials,
+            timeout=self._timeout,
+            clock=clock,
         )
+        self._owns_client = client is None
+        self._client = client if client is not None else http_client(transport)
 
     def __repr__(self) -> str:
         return f"SectraAdapter({self.base_url!r})"
@@ -133,7 +145,8 @@ class SectraAdapter:
         self.close()
 
     def close(self) -> None:
-        self._client.close()
+        if self._owns_client:
+            self._client.close()
 
     # ---- versions -------------------------------------------------------------------------
 
@@ -300,10 +313,15 @@ class SectraAdapter:
         """One exchange (the auth flow may add a `/token` request and one resend after a 401)."""
         headers = {"Accept": accept, "Accept-Encoding": "identity"} if accept is not None else {}
         request = self._client.build_request(
-            method, self.base_url + path, params=params, json=json_body, headers=headers
+            method,
+            self.base_url + path,
+            params=params,
+            json=json_body,
+            headers=headers,
+            timeout=self._timeout,
         )
         try:
-            response = self._client.send(request, stream=stream)
+            response = self._client.send(request, stream=stream, auth=self._auth, follow_redirects=False)
         except _NOT_SENT:
             raise
         except httpx.TransportError as exc:

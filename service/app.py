@@ -23,14 +23,14 @@ from service.auth import require_admin_token
 from service.errors import install_error_handlers
 from service.openapi import build_openapi
 from service.sectra_link import DEFAULT_HEADERS, SharedTransport
-from service.state import ServiceState
+from service.state import ServiceState, sectra_client_pool
 from workers.apps import AppConfig, load_apps
 from workers.metering import CountingTransport
 from workers.runstore import RunStore
 from workers.settings import Settings, get_settings
 
-# Enough parallel calls to Sectra servers for the webhook's burst, few enough to be polite; every
-# connection may stay open, since reconnecting under load costs more than an idle socket.
+# For the webhook's `/info` calls (once per Sectra server an hour); each invocation's own calls go
+# through `state.sectra_clients`, a bounded pool per server.
 _SECTRA_POOL = httpx.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=30.0)
 # Threads for blocking work (Redis, Sectra, the queue). Each request holds one for a few ms;
 # more threads than this only fight over the GIL and raise latency under load.
@@ -39,9 +39,9 @@ BLOCKING_THREADS = 16
 
 def _enqueue_with_celery(run_id: str) -> None:
     # Imported on first use: importing Celery costs the web process nothing until a run starts.
-    from workers.dispatch import enqueue_run
+    from workers.dispatch import enqueue_run_direct
 
-    enqueue_run(run_id)
+    enqueue_run_direct(run_id)
 
 
 def _sectra_headers_for(request: Request) -> Mapping[str, str]:
@@ -70,23 +70,27 @@ def create_app(
     owned_transport = None if sectra_transport is not None else httpx.HTTPTransport(limits=_SECTRA_POOL)
     transport = sectra_transport or owned_transport
     assert transport is not None
+    counted = SharedTransport(CountingTransport("sectra", transport))
     state = ServiceState(
         settings=settings,
         apps=apps if apps is not None else load_apps(settings.apps_file),
         store=store,
         enqueue=enqueue or _enqueue_with_celery,
         # Counted like the workers' calls: `bridge_external_calls_total{service="sectra"}` by status code.
-        sectra_transport=SharedTransport(CountingTransport("sectra", transport)),
+        sectra_transport=counted,
+        # Per-invocation calls: a pooled client per Sectra server (on the caller's transport if given).
+        sectra_clients=sectra_client_pool(None if sectra_transport is None else counted),
     )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         anyio.to_thread.current_default_thread_limiter().total_tokens = BLOCKING_THREADS
-        # What is imported and built by now lives as long as the process: moved out of the garbage
-        # collector's reach, a full collection (which any allocation-heavy request can trigger, and
-        # which holds the GIL, so the event loop) walks only what requests allocate: ~10 ms, not ~80.
+        # What is imported and built by now lives as long as the process. Frozen out of the garbage
+        # collector's reach, it is not walked by a full collection, which any allocation-heavy
+        # request can trigger and which holds the GIL, so the event loop (~80 ms when it walked it).
         gc.freeze()
         yield
+        state.sectra_clients.close()
         if owned_transport is not None:
             owned_transport.close()
         if owned_redis is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import Any
 
 import click
 
@@ -20,17 +21,39 @@ def main() -> None:
 @main.command()
 @click.option("--host", default="0.0.0.0", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-def serve(host: str, port: int) -> None:
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Processes serving the one port (each with the HTTP limits; metrics merged).",
+)
+def serve(host: str, port: int, workers: int) -> None:
     """Run the webhook and admin API (with the HTTP limits of README "HTTP limits")."""
-    from service.app import create_app
-    from service.server import HttpLimits
+    from service.server import HttpLimits, serve_workers
     from service.server import serve as serve_http
     from workers.observability import configure_logging
     from workers.settings import get_settings
 
     settings = get_settings()
     configure_logging(settings.log_level)
-    serve_http(create_app(settings), host=host, port=port, limits=HttpLimits.from_settings(settings))
+    limits = HttpLimits.from_settings(settings)
+    if workers > 1:
+        factory = f"{__name__}:{served_app.__name__}"
+        serve_workers(factory, host=host, port=port, limits=limits, workers=workers)
+        return
+    serve_http(served_app(), host=host, port=port, limits=limits)
+
+
+def served_app() -> Any:
+    """The app a `serve` process runs, from the environment (each `--workers` process imports it)."""
+    from service.app import create_app
+    from workers.observability import configure_logging
+    from workers.settings import get_settings
+
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)
 
 
 @main.command()

@@ -2,13 +2,16 @@
 
 Every invocation names its own Sectra (callback URL and token), so the webhook
 builds a short-lived `SectraAdapter` per request. Building an httpx client
-loads a TLS context (tens of milliseconds), which alone would break the
-webhook's latency target; so all adapters share one connection pool through a
-transport that ignores the adapters' `close()`, and the app closes the real
-pool once, at shutdown.
+(and its TLS context) per request would cost more than the rest of the
+request, so each adapter borrows the pooled client of its Sectra server
+(`sectra_adapter.pool`, one bounded connection pool per server), and the app
+closes the pool once, at shutdown.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 
@@ -60,16 +63,19 @@ def callback_headers(state: ServiceState, url: str, token: str) -> dict[str, str
     )
 
 
-def adapter_for(state: ServiceState, url: str, token: str, app_id: str) -> SectraAdapter:
+@contextmanager
+def adapter_for(state: ServiceState, url: str, token: str, app_id: str) -> Iterator[SectraAdapter]:
+    """An adapter for this invocation's token on the pooled client of its Sectra server."""
     secret = state.settings.sectra_client_secret
-    return SectraAdapter(
-        url,
-        token,
-        allow_http=state.settings.allow_http,
-        client_id=state.settings.sectra_client_id,
-        client_secret=secret.get_secret_value() if secret else None,
-        application_id=app_id,
-        timeout=WEBHOOK_SECTRA_TIMEOUT,
-        max_retries=WEBHOOK_SECTRA_RETRIES,
-        transport=state.sectra_transport,
-    )
+    with state.sectra_clients.client(normalise_base_url(url, state.settings.allow_http)) as client:
+        yield SectraAdapter(
+            url,
+            token,
+            allow_http=state.settings.allow_http,
+            client_id=state.settings.sectra_client_id,
+            client_secret=secret.get_secret_value() if secret else None,
+            application_id=app_id,
+            timeout=WEBHOOK_SECTRA_TIMEOUT,
+            max_retries=WEBHOOK_SECTRA_RETRIES,
+            client=client,
+        )

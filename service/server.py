@@ -17,14 +17,20 @@ a short while, so the client reads our answer instead of a TCP reset.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import os
+import tempfile
 from asyncio import TimerHandle
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any, ClassVar, cast
 
 import uvicorn
+import uvicorn.supervisors
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.sectra_link import DEFAULT_HEADERS
@@ -36,6 +42,7 @@ from workers.settings import Settings
 # reading our answer (the connection is aborted when the time is up).
 LINGER_SECONDS = 2.0
 LINGER_MAX_BYTES = 1 << 20
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +328,22 @@ def protocol_with(limits: HttpLimits) -> type[LimitedHttpProtocol]:
     return type("BridgeHttpProtocol", (LimitedHttpProtocol,), {"limits": limits})
 
 
+@functools.cache
+def _protocol_for(limits: HttpLimits) -> type[LimitedHttpProtocol]:
+    return protocol_with(limits)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitedProtocolFactory:
+    """uvicorn's `http=` for worker processes: the configuration reaches a spawned worker pickled, and
+    a class made by `protocol_with` cannot be pickled, so this (its limits as data) stands for it."""
+
+    limits: HttpLimits
+
+    def __call__(self, *args: Any, **kwargs: Any) -> LimitedHttpProtocol:
+        return _protocol_for(self.limits)(*args, **kwargs)
+
+
 def server_config(app: Any, *, host: str, port: int, limits: HttpLimits, **options: Any) -> uvicorn.Config:
     """uvicorn's configuration for the bridge; `options` pass through (tests set `log_level`)."""
     defaults: Mapping[str, Any] = {"log_config": None, "access_log": False}
@@ -328,7 +351,8 @@ def server_config(app: Any, *, host: str, port: int, limits: HttpLimits, **optio
         app,
         host=host,
         port=port,
-        http=protocol_with(limits),
+        # uvicorn only ever calls `http` to build a connection's protocol, as this factory allows.
+        http=cast("type[asyncio.Protocol]", LimitedProtocolFactory(limits)),
         loop="uvloop",
         ws="none",  # no WebSocket routes: an Upgrade request is an ordinary request
         timeout_keep_alive=limits.keepalive_timeout,
@@ -340,3 +364,36 @@ def server_config(app: Any, *, host: str, port: int, limits: HttpLimits, **optio
 
 def serve(app: Any, *, host: str, port: int, limits: HttpLimits) -> None:
     uvicorn.Server(server_config(app, host=host, port=port, limits=limits)).run()
+
+
+def serve_workers(factory: str, *, host: str, port: int, limits: HttpLimits, workers: int) -> None:
+    """`workers` processes behind one listening socket, each enforcing `limits`.
+
+    uvicorn's supervisor binds the socket once, spawns the workers (each imports the app through
+    `factory`, "module:function"), replaces one that dies or hangs, and stops them all on SIGTERM.
+    Their Prometheus metrics meet in one directory (prometheus_client's multiprocess mode), so
+    `/metrics`, whichever worker answers it, reports all of them (`service.health.metrics`).
+    """
+    with multiprocess_metrics_dir():
+        config = server_config(factory, host=host, port=port, limits=limits, factory=True, workers=workers)
+        uvicorn.supervisors.Multiprocess(config, sockets=[config.bind_socket()]).run()
+
+
+@contextmanager
+def multiprocess_metrics_dir() -> Iterator[Path]:
+    """`PROMETHEUS_MULTIPROC_DIR` for the workers about to start: the operator's, emptied (files of an
+    earlier run would be counted again), or a private one removed at the end."""
+    configured = os.environ.get(MULTIPROC_ENV)
+    if configured:
+        path = Path(configured)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="bridge-metrics-") as created:
+        os.environ[MULTIPROC_ENV] = created
+        try:
+            yield Path(created)
+        finally:
+            del os.environ[MULTIPROC_ENV]

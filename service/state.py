@@ -8,9 +8,15 @@ from dataclasses import dataclass
 import httpx
 from fastapi import Request
 
+from sectra_adapter.pool import SectraClientPool
 from workers.apps import AppConfig
+from workers.metering import CountingTransport
 from workers.runstore import RunStore
 from workers.settings import Settings
+
+# Per Sectra server: as many connections as the blocking threads that can call it at once
+# (`app.BLOCKING_THREADS`), every one kept open, since reconnecting under load costs more than an idle socket.
+SECTRA_SERVER_LIMITS = httpx.Limits(max_connections=16, max_keepalive_connections=16, keepalive_expiry=30.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,8 +26,22 @@ class ServiceState:
     store: RunStore
     # Hands a recorded run to the workers; the Celery boundary (tests pass a list's `append`).
     enqueue: Callable[[str], None]
-    # One connection pool for every Sectra call the webhook makes (see `sectra_link`).
+    # The transport of the webhook's one-off Sectra calls (`/info`, see `sectra_link`).
     sectra_transport: httpx.BaseTransport
+    # The clients of the webhook's per-invocation Sectra calls, one per callback server; closed at shutdown.
+    sectra_clients: SectraClientPool
+
+
+def sectra_client_pool(shared: httpx.BaseTransport | None) -> SectraClientPool:
+    """Each Sectra server its own bounded connection pool, counted in `bridge_external_calls_total`;
+    or every server on `shared` (a transport the caller owns, as tests pass one)."""
+
+    def own_transport() -> httpx.BaseTransport:
+        return CountingTransport("sectra", httpx.HTTPTransport(limits=SECTRA_SERVER_LIMITS))
+
+    if shared is None:
+        return SectraClientPool(own_transport)
+    return SectraClientPool(lambda: shared)
 
 
 def get_state(request: Request) -> ServiceState:

@@ -103,24 +103,27 @@ def _first_attempt_sync(
     invocation: CreateInvocation | NewImageFilesInvocation,
     source: RunSource,
 ) -> tuple[str, StepClaim, dict[str, Any] | None]:
-    record, created = state.store.create_or_get(
+    # The record and the pending-result lease in one Redis round trip (`RunStore.create_and_claim`).
+    run_id, created, claim = state.store.create_and_claim(
         app_id=app.id,
         slide_id=invocation.slideId,
         cancellation_token=invocation.cancellationToken,
         callback_url=invocation.callbackInfo.url,
         callback_token=invocation.callbackInfo.token,
         source=source,
+        step=PENDING_LEASE,
+        ttl_seconds=PENDING_LEASE_SECONDS,
+        done_field="pending_result",
     )
     if not created:
-        with run_context(run_id=record.run_id, app=app.id):
+        with run_context(run_id=run_id, app=app.id):
             log.info("duplicate invocation; answering with the run's pending result")
-    claim = _claim_sync(state, record.run_id)
     if claim.outcome != "claimed":
-        return record.run_id, claim, None
+        return run_id, claim, None
     assert claim.token is not None
-    with run_context(run_id=record.run_id, app=app.id):
-        result = _store_pending_sync(state, app, invocation, record.run_id, source, claim.token)
-    return record.run_id, claim, result
+    with run_context(run_id=run_id, app=app.id):
+        result = _store_pending_sync(state, app, invocation, run_id, source, claim.token)
+    return run_id, claim, result
 
 
 def _store_pending_sync(

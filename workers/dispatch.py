@@ -2,14 +2,53 @@
 
 from __future__ import annotations
 
+import functools
+from urllib.parse import urlsplit
+
 from workers import runtime
+from workers.celery_app import QUEUE, celery_app
 from workers.runstore import RunRecord, RunStatus
-from workers.tasks import schedule
+from workers.settings import get_settings
+from workers.step_queue import StepMessage, put_first_step
+from workers.tasks import run_step, schedule
 
 
 def enqueue_run(run_id: str) -> None:
     """Start a freshly recorded run."""
     schedule(run_id)
+
+
+def enqueue_run_direct(run_id: str) -> None:
+    """Start a freshly recorded run like `enqueue_run`, in one Redis round trip (`workers.step_queue`).
+
+    Only where Celery's broker is the run store's Redis through kombu's plain Redis transport;
+    any other broker (Sentinel, a key prefix) takes `apply_async`.
+    """
+    message = _direct_message()
+    if message is None:
+        schedule(run_id)
+        return
+    put_first_step(runtime.redis_client(), runtime.scheduler(), message, run_id)
+
+
+def _direct_message() -> StepMessage | None:
+    """Checked per call, like `apply_async` reads its configuration (tests and the demo move the broker)."""
+    return _message_for(str(celery_app.conf.broker_url), get_settings().redis_url)
+
+
+@functools.lru_cache(maxsize=4)
+def _message_for(broker_url: str, store_url: str) -> StepMessage | None:
+    options = celery_app.conf.broker_transport_options or {}
+    plain = urlsplit(broker_url).scheme in ("redis", "rediss") and "global_keyprefix" not in options
+    if not plain or broker_url != store_url:
+        return None
+    return StepMessage(
+        queue=QUEUE,
+        task=run_step.name,
+        time_limit=run_step.time_limit,
+        soft_time_limit=run_step.soft_time_limit,
+        ignore_result=bool(run_step.ignore_result),
+    )
 
 
 def resume_point(record: RunRecord) -> RunStatus:

@@ -276,6 +276,34 @@ end
 return {'busy'}
 """
 
+# `_CREATE` then `_CLAIM` in one round trip: the webhook's create path, where each round trip is a
+# thread hop and a GIL hand-off under load. A run created here has no output yet, so it is claimed
+# unless a holder of a deleted predecessor's lease is still on it.
+# KEYS: record, all-index, status-index, app-index, lease.
+# ARGV: ttl, score, prune-before, run_id, done field, lease token, lease ttl ms, field/value...
+_CREATE_AND_CLAIM = """
+local created = 0
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local done = redis.call('HGET', KEYS[1], ARGV[5])
+  if done and done ~= 'null' then
+    return {0, 'done', done}
+  end
+else
+  redis.call('HSET', KEYS[1], unpack(ARGV, 8))
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+  for i = 2, 4 do
+    redis.call('ZADD', KEYS[i], ARGV[2], ARGV[4])
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', '(' .. ARGV[3])
+    redis.call('EXPIRE', KEYS[i], ARGV[1])
+  end
+  created = 1
+end
+if redis.call('SET', KEYS[5], ARGV[6], 'NX', 'PX', ARGV[7]) then
+  return {created, 'claimed'}
+end
+return {created, 'busy'}
+"""
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -300,6 +328,7 @@ class RunStore:
         self._append_script = redis.register_script(_APPEND)
         self._release_script = redis.register_script(_RELEASE)
         self._claim_script = redis.register_script(_CLAIM)
+        self._create_and_claim_script = redis.register_script(_CREATE_AND_CLAIM)
 
     # -- keys ---------------------------------------------------------------------------------
 
@@ -587,6 +616,70 @@ class RunStore:
         if outcome == "claimed":
             return StepClaim("claimed", token=token)
         return StepClaim("gone" if outcome == "gone" else "busy")
+
+    def create_and_claim(
+        self,
+        *,
+        app_id: str,
+        slide_id: str,
+        cancellation_token: str,
+        callback_url: str,
+        callback_token: str,
+        source: RunSource,
+        step: str,
+        ttl_seconds: float,
+        done_field: str,
+    ) -> tuple[str, bool, StepClaim]:
+        """`create_or_get` and `claim_step` in one atomic round trip: (run id, created, claim).
+
+        Exactly one of any number of concurrent callers creates the run, and at most one holds the
+        step's lease; the others see it `busy`, or `done` with the step's recorded output.
+        """
+        if done_field not in RunRecord.model_fields:
+            raise ValueError(f"RunRecord has no field {done_field!r}")
+        now = time.time()
+        run_id = run_id_for(app_id, slide_id, cancellation_token)
+        # What `create_or_get` stores for a new run (its defaults are not stored), each value
+        # checked against its RunRecord field by `_encode`.
+        fields: dict[str, Any] = {
+            "run_id": run_id,
+            "app_id": app_id,
+            "slide_id": slide_id,
+            "cancellation_token": cancellation_token,
+            "source": source,
+            "callback_url": callback_url,
+            "callback_token": callback_token,
+            "created_at": now,
+            "updated_at": now,
+            "status": RunStatus.received,
+        }
+        token = uuid.uuid4().hex
+        reply = self._create_and_claim_script(
+            keys=[
+                self._record_key(run_id),
+                self._index_all(),
+                self._index_status(RunStatus.received),
+                self._index_app(app_id),
+                self._lease_key(run_id, step),
+            ],
+            args=[
+                self._ttl,
+                now,
+                self._prune_before(now),
+                run_id,
+                done_field,
+                token,
+                int(ttl_seconds * 1000),
+                *_encode(fields),
+            ],
+        )
+        created = int(reply[0]) == 1
+        outcome = _text(reply[1])
+        if outcome == "done":
+            return run_id, created, StepClaim("done", value=json.loads(_text(reply[2])))
+        if outcome == "claimed":
+            return run_id, created, StepClaim("claimed", token=token)
+        return run_id, created, StepClaim("busy")
 
     def release_lease(self, run_id: str, name: str, token: str) -> None:
         """Release a lease if (and only if) this token still holds it."""

@@ -34,12 +34,18 @@ class StepScheduler:
 
     def new_token(self, run_id: str, delay: float = 0.0) -> str:
         """Make a new step the run's only current one, due `delay` seconds from now."""
+        with self._redis.pipeline(transaction=True) as pipe:
+            token = self.queue_new_token(pipe, run_id, delay)
+            pipe.execute()
+        return token
+
+    def queue_new_token(self, pipe: redis.client.Pipeline, run_id: str, delay: float = 0.0) -> str:
+        """`new_token`'s writes, queued on the caller's MULTI, so a message queued after them in the
+        same transaction can never be seen by a worker before its token is current."""
         token = uuid.uuid4().hex
         key = self._key(run_id)
-        with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping={"token": token, "due_at": repr(time.time() + max(0.0, delay))})
-            pipe.expire(key, self._ttl)
-            pipe.execute()
+        pipe.hset(key, mapping={"token": token, "due_at": repr(time.time() + max(0.0, delay))})
+        pipe.expire(key, self._ttl)
         return token
 
     def current(self, run_id: str) -> ScheduledStep | None:

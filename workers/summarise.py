@@ -27,8 +27,10 @@ Definitions (the results contract in DESIGN.md):
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -39,7 +41,7 @@ _FLOAT_BINS = 65536
 _HOTSPOT_STEPS = 4  # windows slide by a quarter of their side
 _MAX_GRID_SIDE = 4096  # hotspot grid cells per axis, whatever the window: keeps the grid small
 _PERCENTILES = (50, 90, 99)
-_STRIP_ROWS = 128  # rows of a block folded in at once
+_STRIP_ROWS = 128  # rows of a block folded in at once; <= 255, so a strip's per-column counts fit uint8
 
 
 def summarise_marker(
@@ -98,8 +100,10 @@ def _read_pass(
 ) -> _Accumulator:
     window = geometry.slide_window((marker_map.height, marker_map.width), slide)
     stats = _Accumulator(marker_map, threshold, geometry, window, window_um)
-    for block in marker_map.blocks(block_bytes=block_bytes):
-        stats.add(block)
+    # Each block is measured on the thread that read it; the parts are folded in block order,
+    # so the result does not depend on how many threads there were.
+    for part in marker_map.map_blocks(stats.measure, block_bytes=block_bytes, align_rows=_STRIP_ROWS):
+        stats.fold(part)
     return stats
 
 
@@ -145,11 +149,26 @@ def summarise_job(
     return summaries, missing
 
 
+@dataclass
+class _Part:
+    """What one block adds to the accumulator: measured on a reader thread, folded in on the caller's."""
+
+    histogram: np.ndarray
+    sums: list[float] = field(default_factory=list)  # per strip, added in this order (as one thread would)
+    tissue_px: int = 0
+    positive_px: int = 0
+    beyond_slide: int = 0
+    # Per strip: its first grid cell (row, column) and its per-cell counts of positive and tissue pixels.
+    cells: list[tuple[int, int, np.ndarray, np.ndarray]] = field(default_factory=list)
+
+
 class _Accumulator:
     """Everything the summary needs, folded in one block at a time; size independent of the map.
 
     Only the map pixels over the slide (`window`: rows r0:r1, columns c0:c1)
-    are counted; the hotspot grid starts at (r0, c0).
+    are counted; the hotspot grid starts at (r0, c0). `measure` only reads
+    the settings fixed here, so blocks may be measured on several threads;
+    `fold` adds their parts in, in block order.
     """
 
     def __init__(
@@ -187,26 +206,45 @@ class _Accumulator:
         self.positive_grid = np.zeros(grid_shape, dtype=np.int64)
         self.tissue_grid = np.zeros(grid_shape, dtype=np.int64)
 
-    def add(self, block: MapBlock) -> None:
-        """Fold one block's part over the slide in, a strip of rows at a time (temporaries stay a few MiB)."""
+    def measure(self, block: MapBlock) -> _Part:
+        """One block's part over the slide, a strip of rows at a time (temporaries stay a few MiB)."""
+        part = _Part(np.zeros(self.bins, dtype=np.int64))
         h, w = block.values.shape
         top, bottom = max(self.r0, block.y0), min(self.r1, block.y0 + h)
         left, right = max(self.c0, block.x0), min(self.c1, block.x0 + w)
         if self.geometry.padded:
-            self.beyond_slide += self._data_count(block) - (
+            part.beyond_slide = self._data_count(block) - (
                 self._data_count(block, top, bottom, left, right) if top < bottom and left < right else 0
             )
         if top >= bottom or left >= right:
-            return
+            return part
         cols = slice(left - block.x0, right - block.x0)
-        for y in range(top, bottom, _STRIP_ROWS):
-            rows = slice(y - block.y0, min(y + _STRIP_ROWS, bottom) - block.y0)
+        # Strips end on multiples of _STRIP_ROWS map rows, wherever the block starts: blocks cut on
+        # those multiples (the shard reader's bands) then give the same strips, hence the same sums.
+        y = top
+        while y < bottom:
+            end = min(bottom, (y // _STRIP_ROWS + 1) * _STRIP_ROWS)
+            rows = slice(y - block.y0, end - block.y0)
             self._add(
+                part,
                 block.values[rows, cols],
                 None if block.tissue is None else block.tissue[rows, cols],
                 y - self.r0,
                 left - self.c0,
             )
+            y = end
+        return part
+
+    def fold(self, part: _Part) -> None:
+        self.histogram += part.histogram
+        for strip_sum in part.sums:
+            self.value_sum += strip_sum
+        self.tissue_px += part.tissue_px
+        self.positive_px += part.positive_px
+        self.beyond_slide += part.beyond_slide
+        for row, col, positive, tissue in part.cells:
+            self.positive_grid[row : row + positive.shape[0], col : col + positive.shape[1]] += positive
+            self.tissue_grid[row : row + tissue.shape[0], col : col + tissue.shape[1]] += tissue
 
     def _data_count(
         self, block: MapBlock, top: int | None = None, bottom: int = 0, left: int = 0, right: int = 0
@@ -223,7 +261,7 @@ class _Accumulator:
             data |= node
         return int(np.count_nonzero(data))
 
-    def _add(self, values: np.ndarray, node: np.ndarray | None, y0: int, x0: int) -> None:
+    def _add(self, part: _Part, values: np.ndarray, node: np.ndarray | None, y0: int, x0: int) -> None:
         if not self.exact_counts and values.dtype.kind != "f":
             values = values.astype(np.float64) / self.map.value_max
         if values.dtype.kind == "f":
@@ -233,11 +271,12 @@ class _Accumulator:
             positive = values >= self.cutoff
             positive &= tissue  # NaN already compares False; this drops pixels outside a tissue node
             in_tissue = values[tissue]
-            self.value_sum += float(in_tissue.sum(dtype=np.float64))
+            part.sums.append(float(in_tissue.sum(dtype=np.float64)))
             bins = np.clip(in_tissue, 0.0, 1.0, out=in_tissue)
             bins *= _FLOAT_BINS
-            indexes = bins.astype(np.intp)
-            np.minimum(indexes, _FLOAT_BINS - 1, out=indexes)
+            # min(trunc(v), last) == trunc(min(v, last)) for v >= 0; the bin numbers fit uint16.
+            np.minimum(bins, _FLOAT_BINS - 1, out=bins)
+            indexes = bins.astype(np.uint16)
         else:
             tissue = node if node is not None else np.ones(values.shape, dtype=bool)
             positive = values >= self.cutoff if self.cutoff <= self.map.value_max else np.zeros_like(tissue)
@@ -248,20 +287,24 @@ class _Accumulator:
                 indexes = values.ravel()
             if values.dtype.kind == "i":
                 indexes = np.maximum(indexes, 0)
-        self.histogram += np.bincount(indexes, minlength=self.bins)[: self.bins]
-        self.tissue_px += int(np.count_nonzero(tissue))
-        self.positive_px += int(np.count_nonzero(positive))
-        self._grid_add(self.positive_grid, positive, y0, x0)
-        self._grid_add(self.tissue_grid, tissue, y0, x0)
+        part.histogram += np.bincount(indexes, minlength=self.bins)[: self.bins]
+        part.tissue_px += int(np.count_nonzero(tissue))
+        part.positive_px += int(np.count_nonzero(positive))
+        positive_cells, tissue_cells = self._cell_counts(positive, y0, x0), self._cell_counts(tissue, y0, x0)
+        part.cells.append((y0 // self.cell_h, x0 // self.cell_w, positive_cells, tissue_cells))
 
-    def _grid_add(self, grid: np.ndarray, mask: np.ndarray, y0: int, x0: int) -> None:
-        """Add a block's per-cell counts of `mask` into the map-wide grid (blocks need not align to cells)."""
-        row_cuts = _cuts(y0, mask.shape[0], self.cell_h)
-        col_cuts = _cuts(x0, mask.shape[1], self.cell_w)
-        per_row = np.add.reduceat(mask, row_cuts, axis=0, dtype=np.int64)
-        counts = np.add.reduceat(per_row, col_cuts, axis=1)
-        first_row, first_col = y0 // self.cell_h, x0 // self.cell_w
-        grid[first_row : first_row + counts.shape[0], first_col : first_col + counts.shape[1]] += counts
+    def _cell_counts(self, mask: np.ndarray, y0: int, x0: int) -> np.ndarray:
+        """Per-cell counts of a strip's `mask` whose corner is (y0, x0) (strips need not align to cells).
+
+        Rows are summed per cell as uint8 (a strip has at most 255 rows), which
+        numpy does without converting every pixel to a wider type.
+        """
+        as_bytes = mask.view(np.uint8)
+        row_cuts = [*_cuts(y0, mask.shape[0], self.cell_h).tolist(), mask.shape[0]]
+        per_row = np.stack(
+            [np.add.reduce(as_bytes[a:b], axis=0, dtype=np.uint8) for a, b in itertools.pairwise(row_cuts)]
+        )
+        return np.add.reduceat(per_row, _cuts(x0, mask.shape[1], self.cell_w), axis=1, dtype=np.int64)
 
     def summary(self, top: int, slide_width: int, slide_height: int) -> MarkerSummary:
         name = self.map.name

@@ -48,10 +48,11 @@ def due_time(step: ScheduledStep | None, record: RunRecord) -> float:
 def recover_runs(grace: float | None = None) -> int:
     """Re-drive runs whose scheduled step is overdue and that no worker holds (a worker died).
 
-    A step is overdue `grace` seconds (default: one lease) after it was due: a run
-    waiting out a backoff or a `Retry-After` is left alone until then, and a run
-    whose worker died moves again once its lease has lapsed. Re-driving supersedes
-    the lost step's token, so a late redelivery of it does nothing.
+    A step is overdue `grace` seconds (default: one lease) after it was due and
+    after the run last changed: a run waiting out a backoff or a `Retry-After` is
+    left alone until then, and a run whose worker died moves again once its lease
+    has lapsed. Re-driving supersedes the lost step's token, so a late redelivery
+    of it does nothing.
     """
     ctx = runtime.context()
     client = runtime.redis_client()
@@ -66,7 +67,8 @@ def recover_runs(grace: float | None = None) -> int:
             if client.exists(scheduler.lease_key(record.run_id)):
                 continue
             due_at = due_time(scheduler.current(record.run_id), record)
-            if now < due_at + slack:
+            # A run that changed within the last lease is being worked on, even if a heartbeat was late.
+            if now < max(due_at, record.updated_at) + slack:
                 continue
             log.info("re-driving a stalled run", extra={"run_id": record.run_id, "stage": status.value})
             ctx.store.append_event(record.run_id, "recovered", overdue_seconds=int(now - due_at))

@@ -254,11 +254,15 @@ def bridge(redis_url: str, tmp_path: Path) -> Iterator[Bridge]:
     webhook_url, webhook = _start_webhook(create_app())
     worker = WorkerProcess(env, tmp_path / "worker.log")
     worker.start()
-    store = runtime.context().store
+    bridge = Bridge(
+        sectra, strand, webhook_url, runtime.context().store, client, worker, work_dir, slides_dir, env
+    )
     try:
-        yield Bridge(sectra, strand, webhook_url, store, client, worker, work_dir, slides_dir, env)
+        yield bridge
     finally:
-        worker.stop()
+        # The test may have replaced the worker (`restart_worker`): stop the one running now, or it
+        # outlives the test and takes the next test's steps with this test's dead servers in its env.
+        bridge.worker.stop()
         webhook.should_exit = True
         strand.close()
         sectra.stop()

@@ -86,7 +86,24 @@ def _view(path: Path, reader: Any) -> dict[str, Any]:
             key: slide.properties.get(f"{prefix}.{key}") for key in ("mpp-x", "mpp-y", "objective-power")
         }
         profile = slide.color_profile
-        geometry["icc"] = profile.tobytes() if profile is not None else None  # colour needs the ICC profile
+        # Colour needs the ICC profile's colorimetry (its text is emptied): as littleCMS reads it.
+        geometry["icc"] = (
+            None
+            if profile is None
+            else tuple(
+                repr(getattr(profile.profile, field))
+                for field in (
+                    "red_colorant",
+                    "green_colorant",
+                    "blue_colorant",
+                    "media_white_point",
+                    "rendering_intent",
+                    "version",
+                    "xcolor_space",
+                    "connection_space",
+                )
+            )
+        )
         return {
             "levels": tuple(slide.level_dimensions),
             "geometry": geometry,

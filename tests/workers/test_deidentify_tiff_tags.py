@@ -8,6 +8,7 @@ byte search looks for the name in every form it was written.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,9 @@ import numpy as np
 import openslide
 import tifffile
 import tiffslide
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from PIL import ImageCms
 
 from tests.fixtures.slides import MPP, tissue
 from workers.deidentify import deidentify_slide, verify_deidentified
@@ -86,6 +88,9 @@ def _pixels(path: Path) -> list[np.ndarray]:
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(extra=_EXTRA, bigtiff=st.booleans())
+# A "profile" under the ICC code that is only a name: once kept because the code is allowed.
+@example(extra=[(34675, 1, 1)], bigtiff=False)
+@example(extra=[(347, 7, 3)], bigtiff=True)
 def test_only_the_allow_list_survives_any_extra_tags(
     extra: list[tuple[int, int, int]], bigtiff: bool, tmp_path_factory: Any
 ) -> None:
@@ -103,4 +108,41 @@ def test_only_the_allow_list_survives_any_extra_tags(
     assert codes <= _ALLOWED, sorted(codes - _ALLOWED)
     after = _pixels(files[0])
     assert all(np.array_equal(a, b) for a, b in zip(after, before, strict=True))
+    verify_deidentified(files, identifiers={})
+
+
+def _icc_naming(name: bytes) -> bytes:
+    """littleCMS's own sRGB profile with its description (a v4 'mluc', UTF-16BE) made to hold `name`."""
+    raw = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    ours = "sRGB built-in".encode("utf-16-be")
+    assert ours in raw
+    return raw.replace(ours, name.decode().ljust(13).encode("utf-16-be"))
+
+
+def test_an_icc_profile_keeps_its_colours_and_loses_its_text(tmp_path: Path) -> None:
+    """Oracle: littleCMS (Pillow's ImageCms) parses the kept profile; its description is empty."""
+    profile = _icc_naming(NAME)
+    staged = tmp_path / "slide.tif"
+    with tifffile.TiffWriter(staged, byteorder="<") as tw:
+        for number, (width, height) in enumerate([(1024, 768), (512, 384)]):
+            tw.write(
+                tissue(height, width, seed=number),
+                tile=(256, 256),
+                photometric="rgb",
+                metadata=None,
+                subfiletype=1 if number else 0,
+                iccprofile=profile,
+            )
+    before = _pixels(staged)
+
+    files, _ = deidentify_slide([staged], run_id="run-1", out_dir=tmp_path / "out")
+
+    data = files[0].read_bytes()
+    assert NAME.decode().encode("utf-16-be") not in data and NAME not in data
+    with tifffile.TiffFile(files[0]) as tif:
+        kept = tif.pages[0].tags[34675].value  # type: ignore[union-attr]
+    parsed = ImageCms.ImageCmsProfile(io.BytesIO(kept)).profile
+    assert not (parsed.profile_description or "").strip()
+    assert parsed.red_colorant == ImageCms.ImageCmsProfile(io.BytesIO(profile)).profile.red_colorant
+    assert all(np.array_equal(a, b) for a, b in zip(_pixels(files[0]), before, strict=True))
     verify_deidentified(files, identifiers={})

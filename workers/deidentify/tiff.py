@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from workers.deidentify.binary_tags import scrub_binary
 from workers.deidentify.pages import carries_slide_metadata, check_sub_level, classify_pages
 from workers.deidentify.text import (
     audit_name,
@@ -36,6 +37,7 @@ from workers.deidentify.text import (
     scrub_svs_description,
 )
 from workers.deidentify.tiff_allowlist import (
+    BINARY,
     IMAGE_DESCRIPTION,
     MAKE,
     SOFTWARE,
@@ -168,6 +170,10 @@ def _entries_to_keep(fh: Source, layout: Layout, flavour: str, page: tifffile.Ti
     for entry in layout.entries(fh, page.offset):
         if not may_keep_entry(flavour, entry.code, entry.dtype):
             continue
+        if entry.code in BINARY and (
+            entry.inline or scrub_binary(entry.code, read_bytes(fh, entry.value_at, entry.size))[0] is None
+        ):
+            continue
         if entry.code in text and entry.inline and not is_blank(read_bytes(fh, entry.value_at, entry.size)):
             continue
         kept.append(entry)
@@ -197,6 +203,8 @@ def _scrub_page(
     for entry in keep:
         if entry.code in text_tags(flavour):
             _scrub_text(fh, plan, flavour, entry, outcome)
+        elif entry.code in BINARY:
+            _scrub_binary(fh, plan, entry, outcome)
     entries = layout.entries(fh, page.offset)
     gone = [entry for entry in entries if entry not in keep]
     for entry in gone:
@@ -219,6 +227,14 @@ def _scrub_text(fh: Source, plan: EditPlan, flavour: str, entry: RawEntry, outco
         return
     new, names = _rewrite(flavour, entry.code, raw, _tag_name(flavour, entry.code))
     if new != raw:
+        plan.write(EditPlan.TEXT, entry.value_at, new)
+        outcome.blanked_fields.extend(names)
+
+
+def _scrub_binary(fh: Source, plan: EditPlan, entry: RawEntry, outcome: TiffOutcome) -> None:
+    raw = read_bytes(fh, entry.value_at, entry.size)
+    new, names = scrub_binary(entry.code, raw)
+    if new is not None and new != raw:
         plan.write(EditPlan.TEXT, entry.value_at, new)
         outcome.blanked_fields.extend(names)
 

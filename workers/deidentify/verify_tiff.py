@@ -16,6 +16,7 @@ Deliberately shares nothing with the remover's page classifier (`pages`):
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import struct
@@ -26,6 +27,7 @@ import numpy as np
 import openslide
 import tifffile
 import tiffslide
+from PIL import ImageCms
 from tifffile.tifffile import svs_description_metadata
 
 from workers.deidentify.errors import DeidentificationFailed
@@ -43,6 +45,12 @@ from workers.deidentify.tiff_allowlist import (
 from workers.deidentify.tiffio import TEXT_TYPES, data_ranges, iter_subpages, read_bytes
 
 _LARGEST_TEXT = 64 << 20
+_ICC_PROFILE = 34675
+# The text-bearing fields littleCMS exposes (ICC.1:2022 section 9.2: desc, cprt, dmnd, dmdd, vued, targ, ...).
+_ICC_TEXT_FIELDS = (
+    "profile_description", "copyright", "manufacturer", "model", "viewing_condition",
+    "screening_description", "target",
+)  # fmt: skip
 _ZERO_CHECK_BLOCK = 1 << 20
 _THUMBNAIL = "thumbnail"
 _BIF_LEVEL = re.compile(r"^level=\d+ mag=[\d.]+ quality=\d+$")
@@ -158,8 +166,30 @@ def _verify_tags(
             raw = read_bytes(fh, int(tag.valueoffset), int(tag.valuebytecount))
             if field := matcher.find(raw):
                 raise DeidentificationFailed(field, f"the {tag.name} tag of page {number}")
+            if tag.code in BINARY and (problem := _binary_problem(tag.code, raw)):
+                raise DeidentificationFailed(f"{name} {problem}", where)
             if tag.code in text_tags(flavour) and not _text_allowed(flavour, tag.code, raw):
                 raise DeidentificationFailed(f"{name} text not on the allow-list", where)
+
+
+def _binary_problem(code: int, raw: bytes) -> str | None:
+    """What is wrong with a kept ICC profile or JPEG tables value, judged by other readers than ours."""
+    if code == _ICC_PROFILE:
+        try:  # littleCMS (through Pillow) parses the profile; its text fields must all be empty
+            profile = ImageCms.ImageCmsProfile(io.BytesIO(raw)).profile
+        except (OSError, TypeError, ValueError):
+            return "that is not an ICC profile"
+        if any((getattr(profile, field, None) or "").strip("\0 ") for field in _ICC_TEXT_FIELDS):
+            return "with text in the profile"
+        return None
+    # JPEG tables: each COM (FFFE) and APPn (FFE0-FFEF) segment's payload must be zeros (ITU-T T.81 B.1.1.4).
+    at = 2 if raw[:2] == b"\xff\xd8" else len(raw) + 1
+    while at + 4 <= len(raw) and raw[at] == 0xFF and raw[at + 1] != 0xD9:
+        length = int.from_bytes(raw[at + 2 : at + 4], "big")
+        if (raw[at + 1] == 0xFE or 0xE0 <= raw[at + 1] <= 0xEF) and any(raw[at + 4 : at + 2 + length]):
+            return "with a comment or application segment"
+        at += 2 + length
+    return None if raw[at : at + 2] == b"\xff\xd9" else "that is not a JPEG tables stream"
 
 
 def _text_allowed(flavour: str, code: int, raw: bytes) -> bool:

@@ -1,0 +1,96 @@
+"""The direct first-step message is the message Celery itself would have put on the queue.
+
+Oracle: Celery's own `apply_async`, publishing the same task with the same arguments through
+kombu's Redis transport into the same Redis; the two raw queue entries are compared field by
+field. (tests/e2e/test_direct_enqueue.py has a real `sectra-bridge worker` consume one.)
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from workers.celery_app import QUEUE, celery_app
+from workers.scheduler import StepScheduler
+from workers.step_queue import StepMessage, put_first_step
+from workers.tasks import run_step
+
+# Per message in both: the task id (also its root and correlation id) and kombu's delivery tag.
+# `reply_to` is where a result would be sent: Celery names its thread, we name none; the task's
+# results are ignored either way (`ignore_result`).
+_PER_MESSAGE_HEADERS = {"id", "root_id"}
+_PER_MESSAGE_PROPERTIES = {"correlation_id", "delivery_tag", "reply_to"}
+
+
+@pytest.fixture
+def queue_db(redis_url: str) -> Iterator[tuple[str, redis.Redis]]:
+    """A database of this test's own: Celery's queue there is named as in production."""
+    url = redis_url.rsplit("/", 1)[0] + "/11"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url, client
+    client.flushdb()
+    client.close()
+
+
+def _message() -> StepMessage:
+    return StepMessage(
+        queue=QUEUE,
+        task=run_step.name,
+        time_limit=run_step.time_limit,
+        soft_time_limit=run_step.soft_time_limit,
+        ignore_result=bool(run_step.ignore_result),
+    )
+
+
+def _celery_writes(url: str, client: redis.Redis, args: tuple[str, str]) -> dict[str, Any]:
+    with celery_app.connection_for_write(url) as connection:
+        run_step.apply_async(args, connection=connection)
+    raw = client.rpop(QUEUE)
+    assert raw is not None, "Celery published nowhere this test can see"
+    envelope: dict[str, Any] = json.loads(raw)
+    return envelope
+
+
+def test_the_direct_message_is_field_by_field_what_apply_async_writes(
+    queue_db: tuple[str, redis.Redis],
+) -> None:
+    url, client = queue_db
+    scheduler = StepScheduler(client, prefix="test-step-queue")
+    token = put_first_step(client, scheduler, _message(), "run-0123456789abcdef01234567")
+    ours: dict[str, Any] = json.loads(client.rpop(QUEUE) or b"null")
+    theirs = _celery_writes(url, client, ("run-0123456789abcdef01234567", token))
+
+    assert ours.keys() == theirs.keys()
+    for field in ("content-type", "content-encoding"):
+        assert ours[field] == theirs[field]
+    assert base64.b64decode(ours["body"]) == base64.b64decode(theirs["body"])
+    assert json.loads(base64.b64decode(ours["body"]))[0] == ["run-0123456789abcdef01234567", token]
+    assert ours["headers"].keys() == theirs["headers"].keys()
+    for name in ours["headers"].keys() - _PER_MESSAGE_HEADERS:
+        assert ours["headers"][name] == theirs["headers"][name], name
+    assert ours["headers"]["root_id"] == ours["headers"]["id"] == ours["properties"]["correlation_id"]
+    assert ours["properties"].keys() == theirs["properties"].keys()
+    for name in ours["properties"].keys() - _PER_MESSAGE_PROPERTIES:
+        assert ours["properties"][name] == theirs["properties"][name], name
+
+
+def test_the_token_is_current_when_the_message_is_queued_and_ids_are_fresh(
+    queue_db: tuple[str, redis.Redis],
+) -> None:
+    _, client = queue_db
+    scheduler = StepScheduler(client, prefix="test-step-queue")
+    first = put_first_step(client, scheduler, _message(), "run-0123456789abcdef01234567")
+    assert scheduler.is_current("run-0123456789abcdef01234567", first)
+    second = put_first_step(client, scheduler, _message(), "run-0123456789abcdef01234567")
+    assert not scheduler.is_current("run-0123456789abcdef01234567", first)  # superseded, as `schedule`
+    entries = [json.loads(raw) for raw in client.lrange(QUEUE, 0, -1)]
+    assert len(entries) == 2
+    assert len({e["headers"]["id"] for e in entries}) == 2
+    assert len({e["properties"]["delivery_tag"] for e in entries}) == 2
+    assert {json.loads(base64.b64decode(e["body"]))[0][1] for e in entries} == {first, second}

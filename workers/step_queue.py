@@ -1,0 +1,99 @@
+"""A run's first step onto the Celery queue in one Redis round trip, without Celery's publisher.
+
+`run_step.apply_async` costs the webhook about a quarter of its CPU per create: routing, option
+merging, kombu's producer, and kombu's Redis channel building a new client for every publish, all
+after a separate round trip for the step's scheduler token. The webhook sends one message per
+create, always the same task with no countdown, so this writes the very bytes kombu's Redis
+transport would write and queues them in the same MULTI as the token (`StepScheduler.
+queue_new_token`): a worker can never see the message before its token is current.
+
+The message is Celery's message protocol version 2 (Celery docs, "Message Protocol": headers
+`lang`, `task`, `id`, `root_id`, ..., body `[args, kwargs, embed]`) inside kombu's virtual
+transport envelope (`kombu.transport.virtual.Channel.basic_publish`: the body base64-encoded,
+`properties.delivery_tag` a fresh UUID, `delivery_info` the exchange and routing key), pushed
+with LPUSH on the queue's list (`kombu.transport.redis.Channel._put`, priority 0 = the bare
+queue name). Celery's default queue is published through the default exchange (`""`), with the
+queue's name as routing key, so no exchange binding is looked up. tests/workers/test_step_queue.py
+compares it field by field with what `apply_async` writes and has a real worker consume it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from workers.scheduler import StepScheduler
+
+_HOST = socket.gethostname()
+_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+
+@dataclass(frozen=True, slots=True)
+class StepMessage:
+    """What every step message of one task on one queue shares (read once from the Celery task)."""
+
+    queue: str
+    task: str
+    time_limit: float | None
+    soft_time_limit: float | None
+    ignore_result: bool
+
+    def encode(self, args: tuple[str, ...]) -> bytes:
+        """The kombu Redis envelope of one Celery protocol-2 task message with these arguments."""
+        task_id = str(uuid.uuid4())
+        body = json.dumps([list(args), {}, _EMBED]).encode()
+        headers: dict[str, Any] = {
+            "lang": "py",
+            "task": self.task,
+            "id": task_id,
+            "shadow": None,
+            "eta": None,
+            "expires": None,
+            "group": None,
+            "group_index": None,
+            "retries": 0,
+            "timelimit": [self.time_limit, self.soft_time_limit],
+            "root_id": task_id,
+            "parent_id": None,
+            # Celery's `saferepr` of the args tuple; ours are short ASCII ids, for which it is `repr`.
+            "argsrepr": repr(args),
+            "kwargsrepr": "{}",
+            "origin": f"gen{os.getpid()}@{_HOST}",  # Celery's `anon_nodename()`
+            "ignore_result": self.ignore_result,
+            "replaced_task_nesting": 0,
+            "stamped_headers": None,
+            "stamps": {},
+        }
+        envelope = {
+            "body": base64.b64encode(body).decode(),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": headers,
+            "properties": {
+                "correlation_id": task_id,
+                # Where a result would be sent; this task's results are ignored, as for `apply_async`.
+                "reply_to": "",
+                "delivery_mode": 2,  # persistent
+                "delivery_info": {"exchange": "", "routing_key": self.queue},
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": str(uuid.uuid4()),
+            },
+        }
+        return json.dumps(envelope).encode()
+
+
+def put_first_step(client: redis.Redis, scheduler: StepScheduler, message: StepMessage, run_id: str) -> str:
+    """Make a fresh step token current and queue its message, atomically; returns the token."""
+    with client.pipeline(transaction=True) as pipe:
+        token = scheduler.queue_new_token(pipe, run_id)
+        pipe.lpush(message.queue, message.encode((run_id, token)))
+        pipe.execute()
+    return token
