@@ -174,7 +174,7 @@ def simulate(p: Params, arrivals: list[float], window: tuple[float, float] | Non
             if run.intent_at is None or p.policy == "current":
                 call("POST /predict/estimate", now)
             call("POST /predict", now)
-            run.intent_at = run.intent_at if run.intent_at is not None else now
+            run.intent_at = now  # submit.run records its intent before every POST
             if len(jobs_end) >= p.cap:
                 call("429", now)
                 if p.policy == "current":

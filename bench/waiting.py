@@ -114,7 +114,7 @@ def main() -> None:
     args = parser.parse_args()
     options = {"max_concurrent_jobs": args.runs + 10, "job_duration": 86_400.0}
     with lab(args.redis_port, strand_options=options) as the_lab:
-        slides = the_lab.add_slides(args.runs + 1)
+        slides = the_lab.add_slides(args.runs + 1, width=512, height=384)  # size does not matter here
         worker = the_lab.start_worker()
         worker.wait_ready()
         warm_up(the_lab, slides.pop())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -30,6 +31,8 @@ def main() -> None:
 )
 def serve(host: str, port: int, workers: int) -> None:
     """Run the webhook and admin API (with the HTTP limits of README "HTTP limits")."""
+    # Taken before anything imports the metrics: the workers share the directory, the supervisor not.
+    metrics_dir = os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None) if workers > 1 else None
     from service.server import HttpLimits, serve_workers
     from service.server import serve as serve_http
     from workers.observability import configure_logging
@@ -40,7 +43,7 @@ def serve(host: str, port: int, workers: int) -> None:
     limits = HttpLimits.from_settings(settings)
     if workers > 1:
         factory = f"{__name__}:{served_app.__name__}"
-        serve_workers(factory, host=host, port=port, limits=limits, workers=workers)
+        serve_workers(factory, host=host, port=port, limits=limits, workers=workers, metrics_dir=metrics_dir)
         return
     serve_http(served_app(), host=host, port=port, limits=limits)
 

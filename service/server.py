@@ -366,30 +366,37 @@ def serve(app: Any, *, host: str, port: int, limits: HttpLimits) -> None:
     uvicorn.Server(server_config(app, host=host, port=port, limits=limits)).run()
 
 
-def serve_workers(factory: str, *, host: str, port: int, limits: HttpLimits, workers: int) -> None:
+def serve_workers(
+    factory: str, *, host: str, port: int, limits: HttpLimits, workers: int, metrics_dir: str | None = None
+) -> None:
     """`workers` processes behind one listening socket, each enforcing `limits`.
 
     uvicorn's supervisor binds the socket once, spawns the workers (each imports the app through
     `factory`, "module:function"), replaces one that dies or hangs, and stops them all on SIGTERM.
     Their Prometheus metrics meet in one directory (prometheus_client's multiprocess mode), so
-    `/metrics`, whichever worker answers it, reports all of them (`service.health.metrics`).
+    `/metrics`, whichever worker answers it, reports all of them (`service.health.metrics`):
+    `metrics_dir`, or a private one. The supervisor serves nothing and keeps its own in memory, so
+    this process must not have `PROMETHEUS_MULTIPROC_DIR` set when it imports the metrics.
     """
-    with multiprocess_metrics_dir():
+    with multiprocess_metrics_dir(metrics_dir):
         config = server_config(factory, host=host, port=port, limits=limits, factory=True, workers=workers)
         uvicorn.supervisors.Multiprocess(config, sockets=[config.bind_socket()]).run()
 
 
 @contextmanager
-def multiprocess_metrics_dir() -> Iterator[Path]:
+def multiprocess_metrics_dir(configured: str | None) -> Iterator[Path]:
     """`PROMETHEUS_MULTIPROC_DIR` for the workers about to start: the operator's, emptied (files of an
     earlier run would be counted again), or a private one removed at the end."""
-    configured = os.environ.get(MULTIPROC_ENV)
     if configured:
         path = Path(configured)
         path.mkdir(parents=True, exist_ok=True)
         for stale in path.glob("*.db"):
             stale.unlink()
-        yield path
+        os.environ[MULTIPROC_ENV] = configured
+        try:
+            yield path
+        finally:
+            del os.environ[MULTIPROC_ENV]
         return
     with tempfile.TemporaryDirectory(prefix="bridge-metrics-") as created:
         os.environ[MULTIPROC_ENV] = created

@@ -27,6 +27,7 @@ _CONTENT_TYPES = {
     ".ndpi": "image/ndpi",
     ".scn": "image/scn",
     ".mrxs": "image/mrxs",
+    ".zip": "application/zip",  # a multi-file slide (MRXS with its data directory) in one archive
     ".vsi": "image/vsi",
     ".bif": "image/bif",
     ".dcm": "application/dicom",

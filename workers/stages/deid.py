@@ -11,8 +11,9 @@ from pathlib import Path
 
 from workers.context import PipelineContext
 from workers.deidentify import deidentify_slide, identifiers_from_metadata, verify_deidentified
+from workers.deidentify.detect import MRXS
 from workers.runstore import RunRecord
-from workers.staging import describe, largest
+from workers.staging import bundle, describe, largest
 
 
 def inputs(ctx: PipelineContext, record: RunRecord) -> list[Path] | None:
@@ -43,6 +44,8 @@ def run(ctx: PipelineContext, record: RunRecord) -> None:
             metadata = sectra.get_image_metadata(record.slide_id, extended=True, phi=True)
         verify_deidentified(files, identifiers=identifiers_from_metadata(metadata, original_names))
         del metadata
+    if report.format == MRXS:  # one upload per slide: the verified set goes as one archive
+        files = [bundle(files, out, record.run_id)]
     outgoing = describe(files, out)
     checkpoint: dict[str, object] = {}
     if record.outgoing_files and largest(record.outgoing_files)["sha256"] != largest(outgoing)["sha256"]:

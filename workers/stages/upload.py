@@ -9,7 +9,6 @@ the platform's `contentSha256` dedup, and the persisted resumable session
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from strand_client import NotFoundError, UploadCheckpoint
 from workers import messages
@@ -18,7 +17,7 @@ from workers.errors import RunRefused
 from workers.observability import BYTES_UPLOADED
 from workers.runstore import RunRecord
 from workers.sectra_progress import TransferProgress, publisher_for
-from workers.staging import largest
+from workers.staging import largest, upload_name
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +89,7 @@ def run(ctx: PipelineContext, record: RunRecord) -> None:
             progress=TransferProgress(
                 ctx, record, publisher_for(ctx, record, sectra), messages.UPLOAD_PROGRESS
             ),
-            filename=f"{record.run_id}{Path(entry['name']).suffix}",
+            filename=upload_name(record.run_id, entry),
             content_sha256=sha256,
             resume=resume,
             on_checkpoint=checkpoint,

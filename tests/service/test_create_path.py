@@ -1,0 +1,198 @@
+"""The cheap create path: the run and its pending-result lease in one Redis round trip, the first
+step queued directly, and Sectra reached through a pooled client.
+
+Real Redis, Sectra's own mock server, our webhook under uvicorn. The once-only guarantees are
+those of `create_or_get` + `claim_step` (tests/workers/test_runstore.py), now in one script.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from service.webhook import PENDING_LEASE
+from tests.service.conftest import SECTRA_TOKEN, BridgeFactory, RecordingSectra
+from workers import runtime
+from workers.celery_app import QUEUE, celery_app
+from workers.runstore import RunStore, StepClaim
+
+INVOCATION = {
+    "app_id": "strand-default",
+    "slide_id": "slide-42",
+    "cancellation_token": "ct-0001",
+    "callback_url": "http://sectra.example/api",
+    "callback_token": "callback-token-1",
+    "source": "create",
+}
+
+
+class CountingRedis(redis.Redis):
+    """Counts the commands this client sends (a pipeline counts as what it sends: one batch)."""
+
+    commands = 0
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        type(self).commands += 1
+        return super().execute_command(*args, **options)
+
+
+def _claim(store: RunStore, **overrides: Any) -> tuple[str, bool, StepClaim]:
+    return store.create_and_claim(
+        **{**INVOCATION, **overrides},
+        step=PENDING_LEASE,
+        ttl_seconds=60,
+        done_field="pending_result",
+    )
+
+
+def test_ten_concurrent_creates_make_one_run_and_one_claim(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    store = RunStore(redis_client, prefix=key_prefix)
+    start = threading.Barrier(10)
+
+    def attempt(_: int) -> tuple[str, bool, StepClaim]:
+        start.wait(timeout=10)
+        return _claim(store)
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        outcomes = list(pool.map(attempt, range(10)))
+    assert len({run_id for run_id, _, _ in outcomes}) == 1
+    assert sum(created for _, created, _ in outcomes) == 1
+    claims = [claim for _, _, claim in outcomes]
+    assert [c.outcome for c in claims].count("claimed") == 1
+    assert [c.outcome for c in claims].count("busy") == 9
+    run_id = outcomes[0][0]
+    assert [r.run_id for r in store.list_runs()] == [run_id]
+
+
+def test_the_record_is_what_create_or_get_writes(redis_client: redis.Redis, key_prefix: str) -> None:
+    """Oracle: the store's established two-step path, on a namespace of its own."""
+    fast, slow = (
+        RunStore(redis_client, prefix=key_prefix),
+        RunStore(redis_client, prefix=f"{key_prefix}-slow"),
+    )
+    run_id, created, _ = _claim(fast)
+    record, slow_created = slow.create_or_get(**INVOCATION)  # type: ignore[arg-type]
+    assert created and slow_created and record.run_id == run_id
+    fast_raw = redis_client.hgetall(f"{key_prefix}:run:{run_id}")
+    slow_raw = redis_client.hgetall(f"{key_prefix}-slow:run:{run_id}")
+    assert fast_raw.keys() == slow_raw.keys()
+    for key in fast_raw.keys() - {b"created_at", b"updated_at"}:
+        assert fast_raw[key] == slow_raw[key], key
+    stored = fast.require(run_id)
+    assert stored.callback_token == INVOCATION["callback_token"]  # stored, though never dumped
+    theirs = slow.require(run_id).model_dump()
+    assert stored.model_dump() == {**theirs, "created_at": stored.created_at, "updated_at": stored.updated_at}
+    for index in (
+        f"{key_prefix}:runs",
+        f"{key_prefix}:runs:status:received",
+        f"{key_prefix}:runs:app:strand-default",
+    ):
+        assert redis_client.zscore(index, run_id) == pytest.approx(stored.created_at)
+
+
+def test_one_round_trip_answers_new_done_and_busy(redis_url: str, key_prefix: str) -> None:
+    client = CountingRedis.from_url(redis_url)
+    store = RunStore(client, prefix=key_prefix)
+    _claim(store, cancellation_token="warm-up")  # the first call also loads the script
+    try:
+        before = CountingRedis.commands
+        run_id, created, claim = _claim(store)
+        assert CountingRedis.commands - before == 1
+        assert created and claim.outcome == "claimed" and claim.token
+        # A copy arriving while the first holds the lease: busy, in one round trip too.
+        before = CountingRedis.commands
+        _, created, busy = _claim(store)
+        assert CountingRedis.commands - before == 1
+        assert not created and busy.outcome == "busy"
+        body = {"id": 7, "versionId": "v1"}
+        assert store.complete_step(
+            run_id, PENDING_LEASE, claim.token, event="created", event_data={}, pending_result=body
+        )
+        _, created, done = _claim(store)
+        assert not created and done.outcome == "done" and done.value == body
+    finally:
+        for key in client.scan_iter(f"{key_prefix}:*"):
+            client.delete(key)
+        client.close()
+
+
+def test_a_lease_left_by_a_deleted_run_keeps_a_new_copy_busy(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    """The old holder may still be calling Sectra: the new record must not take the step from it."""
+    store = RunStore(redis_client, prefix=key_prefix)
+    run_id, _, claim = _claim(store)
+    assert claim.outcome == "claimed"
+    store.delete(run_id)  # e.g. Sectra's delete while the first copy is mid-call
+    _, created, again = _claim(store)
+    assert created and again.outcome == "busy"
+
+
+def test_creates_borrow_one_pooled_client_and_build_none(
+    make_bridge: BridgeFactory, sectra: RecordingSectra, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bridge = make_bridge()
+    assert bridge.post(bridge.invocation()).status_code == 200  # the first builds the server's client
+    built: list[object] = []
+    original = httpx.Client.__init__
+
+    def counting_init(self: httpx.Client, *args: Any, **kwargs: Any) -> None:
+        built.append(self)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(httpx.Client, "__init__", counting_init)
+    answers = [bridge.post(bridge.invocation()) for _ in range(5)]
+    assert [a.status_code for a in answers] == [200] * 5
+    assert built == []
+    assert sectra.result_posts() == 6
+
+
+@pytest.fixture
+def queue_env(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]:
+    """The webhook's real enqueue (no test double) onto a Celery queue in a database of this test's own."""
+    url = redis_url.rsplit("/", 1)[0] + "/12"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    monkeypatch.setenv("REDIS_URL", url)
+    runtime.reset()
+    saved = celery_app.conf.broker_url
+    celery_app.conf.broker_url = url
+    yield client
+    celery_app.conf.broker_url = saved
+    monkeypatch.undo()
+    runtime.reset()
+    client.flushdb()
+    client.close()
+
+
+def test_ten_concurrent_duplicates_queue_one_step_with_a_current_token(
+    make_bridge: BridgeFactory, sectra: RecordingSectra, queue_env: redis.Redis
+) -> None:
+    from service.app import _enqueue_with_celery  # what `create_app` uses when given no enqueue
+
+    bridge = make_bridge(enqueue=_enqueue_with_celery)
+    body = bridge.invocation(cancellationToken="ct-duplicates")
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        answers = list(pool.map(lambda _: bridge.post(body), range(10)))
+    assert [a.status_code for a in answers] == [200] * 10
+    assert len({a.json()["id"] for a in answers}) == 1
+    assert sectra.result_posts() == 1
+    run_id = bridge.store.find("strand-default", "slide-42", "ct-duplicates")
+    assert run_id is not None
+    messages = [json.loads(raw) for raw in queue_env.lrange(QUEUE, 0, -1)]
+    assert len(messages) == 1
+    assert messages[0]["headers"]["task"] == "bridge.run.step"
+    args = json.loads(base64.b64decode(messages[0]["body"]))[0]
+    assert args[0] == run_id
+    assert runtime.scheduler().is_current(run_id, args[1])
+    assert SECTRA_TOKEN not in json.dumps(messages[0])  # the queue carries ids, never the callback token
