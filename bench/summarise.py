@@ -1,4 +1,4 @@
-"""Summarising one marker map over real HTTP: our streaming summary vs a decode-only pass vs the official SDK.
+"""Summarising one marker map over real HTTP: our streaming summary vs decode-only vs the official SDK.
 
 Usage:  .venv/bin/python bench/summarise.py [--size 20000] [--latency 0.05] [--workdir /tmp/bench-summarise]
                                             [--no-official] [--timeout 240]
@@ -6,11 +6,11 @@ Usage:  .venv/bin/python bench/summarise.py [--size 20000] [--latency 0.05] [--w
 Writes (once, cached under --workdir) a size x size sharded float32 marker map
 in the platform's layout, serves it from this process with the same file route
 as the platform's proxy, then runs each reader in its own subprocess, measuring
-wall time and peak RSS there (VmHWM: `ru_maxrss` is carried over exec from
-the forking parent, this server, so it would count the server's memory), first with no added latency, then
-with --latency seconds added to every answer (the fake platform's latency
-fault, `strand_client.testing.faults.FaultMiddleware`: a hospital's link to
-the cloud; 0 skips that round):
+wall time and peak RSS there (VmHWM; `ru_maxrss` is carried over exec from the
+forking parent, this server, so it would count the server's memory). First
+with no added latency, then with --latency seconds added to every answer (the
+fake platform's latency fault, `strand_client.testing.faults.FaultMiddleware`:
+a hospital's link to the cloud; 0 skips that round):
 
 - fetch: every shard object fetched whole by our reader's threads, not
   decoded: what this link carries, for the bound below;

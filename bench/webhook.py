@@ -359,12 +359,13 @@ def _cleanup(redis_url: str) -> int:
     import redis
 
     from workers.celery_app import QUEUE
+    from workers.priority import queue_keys
 
     client = redis.Redis.from_url(redis_url)
     deleted = 0
     for key in client.scan_iter("bridge:*", count=1000):
         deleted += client.delete(key)
-    deleted += client.delete(QUEUE, f"_kombu.binding.{QUEUE}")
+    deleted += client.delete(*queue_keys(QUEUE), f"_kombu.binding.{QUEUE}")
     client.close()
     return deleted
 

@@ -18,12 +18,13 @@ from sectra_adapter.errors import (
     SectraUnavailable,
     SectraVersionConflict,
 )
-from sectra_adapter.gate import check_slide
+from sectra_adapter.gate import check_slide, check_stain
 from sectra_adapter.headers import sectra_response_headers
 from sectra_adapter.progress import ResultPublisher
 from sectra_adapter.results import (
     build_final_result,
     cancelled_result,
+    case_summary_result,
     failure_result,
     pending_result,
     progress_result,
@@ -32,6 +33,7 @@ from sectra_adapter.retry import Backoff
 from sectra_adapter.summary import Hotspot, MarkerSummary, RunSummary
 from sectra_adapter.transport import Urllib3Transport
 from sectra_adapter.urls import check_callback_url, normalise_base_url
+from sectra_adapter.versions import api_version_at_least
 
 __all__ = [
     "Backoff",
@@ -50,10 +52,13 @@ __all__ = [
     "SectraUnavailable",
     "SectraVersionConflict",
     "Urllib3Transport",
+    "api_version_at_least",
     "build_final_result",
     "cancelled_result",
+    "case_summary_result",
     "check_callback_url",
     "check_slide",
+    "check_stain",
     "failure_result",
     "normalise_base_url",
     "pending_result",

@@ -28,6 +28,7 @@ import httpx
 from sectra_client.schemas import (
     AdaptedResult,
     ApplicationInfo,
+    CaseImageInfo,
     ImageMetadata,
     QualityControl,
     Result,
@@ -173,6 +174,18 @@ class SectraAdapter:
         if phi:
             params["includePHI"] = "true"
         return ImageMetadata.model_validate(self._get_json(f"/slides/{_seg(slide_id)}/info", params))
+
+    def get_case_image_infos(self, slide_id: str) -> list[CaseImageInfo]:
+        """Every slide of the case `slide_id` belongs to, itself included.
+
+        IA-API 1.9+ `GET /slides/{id}/request/images/info`, as `sectra_client`'s
+        `get_image_infos_in_case_by_slide_id`.
+        """
+        path = f"/slides/{_seg(slide_id)}/request/images/info"
+        payload = self._get_json(path)
+        if not isinstance(payload, list):
+            raise SectraRequestFailed(200, path, "expected a JSON list")
+        return [CaseImageInfo.model_validate(item) for item in payload]
 
     def download_slide(
         self, slide_id: str, output_dir: Path | str, progress: ProgressCallback | None = None

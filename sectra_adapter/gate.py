@@ -19,6 +19,22 @@ MAX_STAIN_CHARS = 128
 _SHOWN_STAIN_CHARS = 60
 
 
+def check_stain(display_name: str, stain_patterns: Sequence[str]) -> str | None:
+    """None when the stain is one the app analyses, else why not: the gate's first check, alone.
+
+    A case's image list (IA-API 1.9 `/slides/{id}/request/images/info`) names each slide's stain
+    but not its size, so choosing a case's H&E slides needs this check without the others.
+    """
+    stain = display_name.strip()
+    known = len(stain) <= MAX_STAIN_CHARS
+    if known and any(compile_safe(pattern).search(stain) for pattern in stain_patterns):
+        return None
+    if not stain:
+        return "The slide has no stain recorded; this app analyses H&E slides"
+    shown = stain if known else stain[:_SHOWN_STAIN_CHARS] + "…"
+    return f"Stain is '{shown}'; this app analyses H&E slides"
+
+
 def check_slide(
     metadata: ImageMetadata,
     *,
@@ -34,13 +50,9 @@ def check_slide(
     stain's display name (e.g. `^h\\s*(?:&\\s*)?e$` accepts "H&E", "HE", "h & e"); each
     must have a linear-time shape (`sectra_adapter.patterns`), or `UnsafePattern` is raised.
     """
-    stain = metadata.staining.displayName.strip()
-    known = len(stain) <= MAX_STAIN_CHARS
-    if not (known and any(compile_safe(pattern).search(stain) for pattern in stain_patterns)):
-        if not stain:
-            return "The slide has no stain recorded; this app analyses H&E slides"
-        shown = stain if known else stain[:_SHOWN_STAIN_CHARS] + "…"
-        return f"Stain is '{shown}'; this app analyses H&E slides"
+    refusal = check_stain(metadata.staining.displayName, stain_patterns)
+    if refusal:
+        return refusal
     width, height = metadata.imageSize.width, metadata.imageSize.height
     if width < min_width_px or height < min_height_px:
         return (

@@ -100,6 +100,32 @@ def cancelled_result(
     return _status_result(slide_id, app_version, message, "Cancelled", "cancelled", context)
 
 
+def case_summary_result(
+    slide_id: str,
+    app_version: str,
+    headline: str,
+    rows: Mapping[str, str],
+    *,
+    complete: bool,
+    context: Mapping[str, Any] | None = None,
+) -> Result:
+    """The case summary on the invoked slide: `headline` in the annotation list, one table row
+    per slide of the case (its block, its place in the case, what was found), nothing drawn."""
+    line = _one_line(headline)
+    table: dict[str, str | int | float] = {"Status": "Complete" if complete else "Running", "Case": line}
+    table.update({name: _one_line(value) for name, value in rows.items()})
+    table["App version"] = app_version
+    return Result(
+        slideId=slide_id,
+        displayResult=line,
+        applicationVersion=app_version,
+        data=ResultData(
+            context={**(context or {}), "kind": "case-summary"}, result=PrimitiveResultContent(content=[])
+        ),
+        displayProperties=table,
+    )
+
+
 def colour_for(index: int) -> str:
     """A distinct colour for the marker at `index`: the palette, then evenly spread hues."""
     if index < len(PALETTE):

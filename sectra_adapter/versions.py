@@ -27,6 +27,16 @@ INFO_TTL_SECONDS = 3600.0
 FAILURE_BACKOFF_SECONDS = 60.0
 
 
+def api_version_at_least(api_version: str, minimum: tuple[int, ...]) -> bool:
+    """Whether Sectra's `apiVersion` ("1.10", "1.9.2") is `minimum` or later, compared numerically
+    ("1.10" is after "1.9"); a version that is not dotted numbers counts as too old."""
+    try:
+        parts = tuple(int(part) for part in api_version.strip().split("."))
+    except ValueError:
+        return False
+    return parts >= minimum
+
+
 def version_headers(info: ApplicationInfo) -> dict[str, str]:
     return {"X-Sectra-ApiVersion": info.apiVersion, "X-Sectra-SoftwareVersion": info.softwareVersion}
 

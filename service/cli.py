@@ -39,9 +39,9 @@ def serve(host: str, port: int, workers: int) -> None:
     from workers.settings import get_settings
 
     settings = get_settings()
-    configure_logging(settings.log_level)
     limits = HttpLimits.from_settings(settings)
     if workers > 1:
+        configure_logging(settings.log_level)  # the supervisor's own lines; each worker sets up its own
         factory = f"{__name__}:{served_app.__name__}"
         serve_workers(factory, host=host, port=port, limits=limits, workers=workers, metrics_dir=metrics_dir)
         return
@@ -49,7 +49,8 @@ def serve(host: str, port: int, workers: int) -> None:
 
 
 def served_app() -> Any:
-    """The app a `serve` process runs, from the environment (each `--workers` process imports it)."""
+    """The app a `serve` process runs, from the environment, with its logging set up (a `--workers`
+    process is spawned afresh and imports this by name)."""
     from service.app import create_app
     from workers.observability import configure_logging
     from workers.settings import get_settings

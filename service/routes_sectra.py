@@ -29,6 +29,7 @@ from service.sectra_link import DEFAULT_HEADERS, cached_callback_headers, callba
 from service.state import ServiceState, get_state
 from workers.apps import AppConfig
 from workers.observability import run_context
+from workers.quality import is_rejected
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/sectra")
@@ -114,6 +115,10 @@ async def image_notification(app_id: str, request: Request) -> JSONResponse:
     with run_context(app=app.id):
         if not app.start_on_new_images:
             log.info("image notification ignored: the app does not start runs on new images")
+            return JSONResponse({}, headers=DEFAULT_HEADERS)
+        if is_rejected(invocation.imageInfo):
+            # Automatic runs never analyse a slide the lab's QC rejected (`workers.quality`).
+            log.info("image notification ignored: Sectra's quality control rejected the slide")
             return JSONResponse({}, headers=DEFAULT_HEADERS)
         reason = check_slide(invocation.imageInfo, **app.slide_gate.model_dump())
         if reason is not None:

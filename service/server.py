@@ -12,6 +12,9 @@ Every refusal made here is our JSON error shape `{"error", "message"}` with
 `Connection: close`, and every close is graceful (RFC 9112 §9.6): the write
 side is shut first and what the client still sends is read and discarded for
 a short while, so the client reads our answer instead of a TCP reset.
+
+`serve --workers N` runs N such servers behind one listening socket (`serve_workers`), each
+process enforcing the same limits.
 """
 
 from __future__ import annotations

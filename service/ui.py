@@ -19,7 +19,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from html import escape
 from typing import Any
@@ -31,7 +31,8 @@ from pydantic import SecretStr
 
 from service.auth import bearer_matches, require_admin_token
 from service.errors import ApiError
-from service.state import get_state
+from service.state import ServiceState, get_state
+from workers.quotas import DailyCredits, DayUse
 from workers.runstore import RunStatus, RunStore
 from workers.states import WORKING_ORDER
 
@@ -86,6 +87,8 @@ class StatusSnapshot:
     credits_today: int
     runs_today: int
     today_truncated: bool
+    # Credits reserved this UTC day against the daily limits (`workers.quotas`).
+    daily: DayUse | None = None
 
 
 def cookie_value(admin_token: SecretStr) -> str:
@@ -142,6 +145,15 @@ def collect(store: RunStore, now: datetime) -> StatusSnapshot:
     )
 
 
+def _collect_with_limits(state: ServiceState, now: datetime) -> StatusSnapshot:
+    snapshot = collect(state.store, now)
+    limits = {app_id: app.daily_credit_limit for app_id, app in state.apps.items()}
+    daily = DailyCredits(state.store.client, prefix=state.store.prefix).use(
+        limits, state.settings.daily_credit_limit
+    )
+    return replace(snapshot, daily=daily)
+
+
 # -- rendering --------------------------------------------------------------------------------------
 
 
@@ -189,6 +201,21 @@ def _failure_row(run: Mapping[str, Any], tz: Any) -> str:
     )
 
 
+def _limit_row(scope: str, used: int, limit: int | None) -> str:
+    shown = "no limit" if limit is None else str(limit)
+    over = ' class="error"' if limit is not None and used >= limit else ""
+    return f"<tr><td>{_e(scope)}</td><td{over}>{used}</td><td>{_e(shown)}</td></tr>"
+
+
+def _daily_section(daily: DayUse | None) -> str:
+    if daily is None:
+        return ""
+    rows = [_limit_row("All apps (BRIDGE_DAILY_CREDIT_LIMIT)", daily.bridge_used, daily.bridge_limit)]
+    rows += [_limit_row(f"App {app_id}", used, limit) for app_id, (used, limit) in daily.apps.items()]
+    table = _table(rows, ("Scope", "Credits reserved", "Daily limit"), "", 3)
+    return f'<section id="daily-limits"><h2>Daily credit limits, {_e(daily.day)} (UTC)</h2>{table}</section>'
+
+
 def render(snapshot: StatusSnapshot) -> str:
     tz = snapshot.generated_at.tzinfo
     in_flight = _table(
@@ -223,6 +250,7 @@ refreshes every {REFRESH_SECONDS} s.</p>
 </div>
 <section id="in-flight"><h2>Runs in flight</h2>{in_flight}</section>
 <section id="failures"><h2>Recent failures</h2>{failures}</section>
+{_daily_section(snapshot.daily)}
 </body></html>
 """
 
@@ -255,5 +283,5 @@ async def status_page(request: Request, token: str | None = None) -> Response:
     if not _cookie_matches(request.cookies.get(COOKIE_NAME), expected):
         require_admin_token(request, expected)  # a bearer header still works; otherwise 401
     now = datetime.fromtimestamp(time.time()).astimezone()
-    snapshot = await anyio.to_thread.run_sync(collect, state.store, now)
+    snapshot = await anyio.to_thread.run_sync(_collect_with_limits, state, now)
     return HTMLResponse(render(snapshot), headers=_SECURITY_HEADERS)

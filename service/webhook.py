@@ -1,12 +1,13 @@
 """What each IA-API action does: create (and newImageFiles) start a run; cancel, modify, delete touch one.
 
 Idempotency is the heart of `create`: Sectra retries, sometimes ten at once.
-The run id derives from (app, slide, cancellationToken), so every copy finds
-the same record; a short lease in Redis lets exactly one of them store the
-pending result in Sectra and enqueue the run, and the others wait for that
-result and answer with it. If the holder dies, its lease expires and a later
-copy takes over; if Sectra refuses, the run is deleted so no copy is left
-holding a half-created run.
+The run id derives from (app, slide, cancellationToken), or (app, slide) for a
+case-scope app (`workers.case.run_token`), so every copy finds the same record;
+a short lease in Redis lets exactly one of them store the pending result in
+Sectra and enqueue the run, and the others wait for that result and answer
+with it. If the holder dies, its lease expires and a later copy takes over;
+if Sectra refuses, the run is deleted so no copy is left holding a
+half-created run.
 
 Functions named `*_sync` block (Redis, Sectra) and run in a worker thread.
 """
@@ -33,6 +34,7 @@ from service.errors import SECTRA_RETRY_AFTER_SECONDS, ApiError, unavailable
 from service.sectra_link import adapter_for
 from service.state import ServiceState
 from workers.apps import AppConfig
+from workers.case import run_token
 from workers.dispatch import cancel_strand_job
 from workers.ids import is_run_id
 from workers.observability import RUNS_STARTED, run_context
@@ -107,7 +109,7 @@ def _first_attempt_sync(
     run_id, created, claim = state.store.create_and_claim(
         app_id=app.id,
         slide_id=invocation.slideId,
-        cancellation_token=invocation.cancellationToken,
+        cancellation_token=run_token(app, invocation.cancellationToken),
         callback_url=invocation.callbackInfo.url,
         callback_token=invocation.callbackInfo.token,
         source=source,
@@ -185,7 +187,7 @@ def _sectra_refusal(exc: SectraError) -> ApiError:
 
 def cancel_sync(state: ServiceState, app: AppConfig, invocation: CancelInvocation) -> str:
     """Flag the run; the worker stops at its next checkpoint and writes the cancelled result."""
-    run_id = state.store.find(app.id, invocation.slideId, invocation.cancellationToken)
+    run_id = state.store.find(app.id, invocation.slideId, run_token(app, invocation.cancellationToken))
     if run_id is None:
         log.info("cancel for an unknown run; acknowledged", extra={"app": app.id})
         return "no run matches this invocation; nothing to cancel"
@@ -208,7 +210,7 @@ def cancel_sync(state: ServiceState, app: AppConfig, invocation: CancelInvocatio
 
 
 def modify_sync(state: ServiceState, app: AppConfig, invocation: ModifyInvocation) -> str:
-    run_id = state.store.find(app.id, invocation.slideId, invocation.cancellationToken)
+    run_id = state.store.find(app.id, invocation.slideId, run_token(app, invocation.cancellationToken))
     if run_id is None:
         log.info("modify for an unknown run; acknowledged", extra={"app": app.id})
         return "no run matches this invocation; modification not recorded"
@@ -234,7 +236,7 @@ def delete_sync(state: ServiceState, app: AppConfig, invocation: DeleteInvocatio
     store = state.store
     run_id = None
     if invocation.cancellationToken:
-        run_id = store.find(app.id, invocation.slideId, invocation.cancellationToken)
+        run_id = store.find(app.id, invocation.slideId, run_token(app, invocation.cancellationToken))
     if run_id is None:
         run_id = store.find_by_result(app.id, invocation.input.id)
     if run_id is None or not is_run_id(run_id):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -59,6 +60,13 @@ class AppConfig(BaseModel):
     deidentify: bool = True
     version: str = "1.0.0"
     manufacturer: str = "Strand AI via sectra-strand-bridge"
+    # A manual `create` on a slide whose Sectra QC status is Rejected runs anyway (`workers.quality`);
+    # automatic runs (`newImageFiles`) never analyse a rejected slide.
+    ignore_qc: bool = False
+    # Strand credits this app may reserve per UTC day (`workers.quotas`); None = no daily limit.
+    daily_credit_limit: int | None = Field(default=None, ge=0)
+    # `case`: a run on one slide analyses every H&E slide of its case (IA-API 1.9+), see `workers.case`.
+    scope: Literal["slide", "case"] = "slide"
 
     @field_validator("markers")
     @classmethod

@@ -10,6 +10,7 @@ from __future__ import annotations
 from celery import Celery
 
 from workers.broker import celery_settings as broker_settings
+from workers.priority import NORMAL, PRIORITY_STEPS
 from workers.settings import get_settings
 
 QUEUE = "bridge"
@@ -27,6 +28,9 @@ def make_celery(broker_url: str | None = None) -> Celery:
     url = broker_url or settings.redis_url
     app = Celery("sectra_bridge", broker=url, include=["workers.tasks"])
     transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS}
+    # Redis priorities (Celery docs, "Redis Message Priorities"): one list per step, lower first;
+    # `workers.priority` maps Sectra's image priority onto them.
+    priorities = {"priority_steps": PRIORITY_STEPS, "queue_order_strategy": "priority"}
     app.conf.update(
         # kombu's Redis transport, fixed to reconnect after a Redis restart (see workers.broker).
         **broker_settings(url),
@@ -35,10 +39,11 @@ def make_celery(broker_url: str | None = None) -> Celery:
         worker_prefetch_multiplier=1,
         task_ignore_result=True,
         task_default_queue=QUEUE,
+        task_default_priority=NORMAL,
         task_serializer="json",
         accept_content=["json"],
         # Celery reads the visibility timeout in three places; they must agree.
-        broker_transport_options=transport_options,
+        broker_transport_options={**transport_options, **priorities},
         result_backend_transport_options=transport_options,
         visibility_timeout=VISIBILITY_TIMEOUT_SECONDS,
         broker_connection_retry_on_startup=True,

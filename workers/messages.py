@@ -49,6 +49,18 @@ def over_ceiling(estimated: int, ceiling: int) -> str:
     )
 
 
+def qc_rejected() -> str:
+    return "Sectra's quality control rejected this slide; it was not sent for analysis"
+
+
+def daily_limit_exceeded(scope: str, limit: int, used: int, estimated: int) -> str:
+    """`scope` is "this app" or "the bridge" (`workers.quotas`)."""
+    return (
+        f"Today's Strand credit limit for {scope} ({limit}) would be exceeded: {used} used, this slide "
+        f"needs {estimated}; it was not sent for analysis"
+    )
+
+
 def unknown_markers(markers: Iterable[str]) -> str:
     names = list(markers)
     verb = "is" if len(names) == 1 else "are"

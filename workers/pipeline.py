@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from sectra_adapter import cancelled_result, failure_result
 from strand_client import NotFoundError, StrandError
-from workers import messages
+from workers import case, messages
 from workers.context import PipelineContext
 from workers.errors import Refused, RunCancelled, Service, Transient, classify
 from workers.messages import STAGE_MESSAGES
@@ -93,6 +93,8 @@ def advance(ctx: PipelineContext, run_id: str) -> float | None:
 
 def _step(ctx: PipelineContext, record: RunRecord) -> float | None:
     if record.status == RunStatus.received:
+        if case.is_case_root(ctx.app(record), record):
+            case.request_fan_out(record.run_id)  # its own task: the siblings start beside this run
         ctx.store.transition(
             record.run_id, RunStatus.downloading, message=STAGE_MESSAGES[RunStatus.downloading]
         )
@@ -114,6 +116,7 @@ def _step(ctx: PipelineContext, record: RunRecord) -> float | None:
     ctx.store.append_event(record.run_id, "stage_done", stage=record.status.value)
     if next_status == RunStatus.completed:
         RUNS_FINISHED.labels(app=record.app_id, status="completed").inc()
+        _case_changed(ctx, record)
         ctx.in_flight.finished(record.run_id)
         log.info("run completed")
         return None
@@ -221,6 +224,7 @@ def _fail(ctx: PipelineContext, record: RunRecord, message: str, *, refundable: 
     ctx.store.append_event(record.run_id, "failed", reason=message)
     _post_final(ctx, record, message, cancelled=False)
     RUNS_FINISHED.labels(app=record.app_id, status="failed").inc()
+    _case_changed(ctx, record)
     ctx.in_flight.finished(record.run_id)
 
 
@@ -261,7 +265,16 @@ def _finish_cancelled(ctx: PipelineContext, record: RunRecord) -> None:
     ctx.store.append_event(record.run_id, "cancelled", refunded=refunded or 0)
     _post_final(ctx, record, message, cancelled=True)
     RUNS_FINISHED.labels(app=record.app_id, status="cancelled").inc()
+    _case_changed(ctx, record)
     ctx.in_flight.finished(record.run_id)
+
+
+def _case_changed(ctx: PipelineContext, record: RunRecord) -> None:
+    """Best effort: the run has ended, so the case summaries that list it are rewritten."""
+    try:
+        case.run_ended(ctx.app(record), ctx.store, record)
+    except Exception as exc:  # the run's own result is posted; a stale summary is logged, not fatal
+        log.warning("could not queue the case summary update", extra={"error_type": type(exc).__name__})
 
 
 def _forget(ctx: PipelineContext, run_id: str) -> None:

@@ -50,7 +50,8 @@ __all__ = [
     "run_id_for",
 ]
 
-RunSource = Literal["create", "newImageFiles", "operator"]
+# `case`: a sibling slide's run, started by a case-scope run (`workers.stages.case`).
+RunSource = Literal["create", "newImageFiles", "operator", "case"]
 
 # Progress events are throttled upstream; the cap only guards Redis memory against a runaway loop.
 _EVENTS_MAX = 10_000
@@ -329,6 +330,19 @@ class RunStore:
         self._release_script = redis.register_script(_RELEASE)
         self._claim_script = redis.register_script(_CLAIM)
         self._create_and_claim_script = redis.register_script(_CREATE_AND_CLAIM)
+
+    @property
+    def client(self) -> redis.Redis:
+        """The Redis the runs live in, for indexes kept beside them (`workers.case`)."""
+        return self._redis
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    @property
+    def retention_seconds(self) -> int:
+        return self._ttl
 
     # -- keys ---------------------------------------------------------------------------------
 
@@ -639,9 +653,10 @@ class RunStore:
             raise ValueError(f"RunRecord has no field {done_field!r}")
         now = time.time()
         run_id = run_id_for(app_id, slide_id, cancellation_token)
-        # What `create_or_get` stores for a new run (its defaults are not stored), each value
-        # checked against its RunRecord field by `_encode`.
-        fields: dict[str, Any] = {
+        # What `create_or_get` stores for a new run (its defaults are not stored). The values are
+        # the strings of an invocation already validated where it entered (`service.parsing`), the
+        # time and a constant, so they are JSON-encoded as they are, not validated a second time.
+        fields = {
             "run_id": run_id,
             "app_id": app_id,
             "slide_id": slide_id,
@@ -651,8 +666,9 @@ class RunStore:
             "callback_token": callback_token,
             "created_at": now,
             "updated_at": now,
-            "status": RunStatus.received,
+            "status": RunStatus.received.value,
         }
+        encoded = [part for name, value in fields.items() for part in (name, json.dumps(value))]
         token = uuid.uuid4().hex
         reply = self._create_and_claim_script(
             keys=[
@@ -670,7 +686,7 @@ class RunStore:
                 done_field,
                 token,
                 int(ttl_seconds * 1000),
-                *_encode(fields),
+                *encoded,
             ],
         )
         created = int(reply[0]) == 1

@@ -11,10 +11,11 @@ The message is Celery's message protocol version 2 (Celery docs, "Message Protoc
 `lang`, `task`, `id`, `root_id`, ..., body `[args, kwargs, embed]`) inside kombu's virtual
 transport envelope (`kombu.transport.virtual.Channel.basic_publish`: the body base64-encoded,
 `properties.delivery_tag` a fresh UUID, `delivery_info` the exchange and routing key), pushed
-with LPUSH on the queue's list (`kombu.transport.redis.Channel._put`, priority 0 = the bare
-queue name). Celery's default queue is published through the default exchange (`""`), with the
-queue's name as routing key, so no exchange binding is looked up. tests/workers/test_step_queue.py
-compares it field by field with what `apply_async` writes and has a real worker consume it.
+with LPUSH on the list of the message's priority (`kombu.transport.redis.Channel._put`,
+`workers.priority.queue_key`). Celery's default queue is published through the default exchange
+(`""`), with the queue's name as routing key, so no exchange binding is looked up.
+tests/workers/test_step_queue.py compares it field by field with what `apply_async` writes and
+has a real worker consume it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 
 import redis
 
+from workers.priority import NORMAL, queue_key
 from workers.scheduler import StepScheduler
 
 _HOST = socket.gethostname()
@@ -44,6 +46,8 @@ class StepMessage:
     time_limit: float | None
     soft_time_limit: float | None
     ignore_result: bool
+    # Celery's `task_default_priority`, as `apply_async` gives a step without a priority of its own.
+    priority: int = NORMAL
 
     def encode(self, args: tuple[str, ...]) -> bytes:
         """The kombu Redis envelope of one Celery protocol-2 task message with these arguments."""
@@ -82,7 +86,7 @@ class StepMessage:
                 "reply_to": "",
                 "delivery_mode": 2,  # persistent
                 "delivery_info": {"exchange": "", "routing_key": self.queue},
-                "priority": 0,
+                "priority": self.priority,
                 "body_encoding": "base64",
                 "delivery_tag": str(uuid.uuid4()),
             },
@@ -94,6 +98,6 @@ def put_first_step(client: redis.Redis, scheduler: StepScheduler, message: StepM
     """Make a fresh step token current and queue its message, atomically; returns the token."""
     with client.pipeline(transaction=True) as pipe:
         token = scheduler.queue_new_token(pipe, run_id)
-        pipe.lpush(message.queue, message.encode((run_id, token)))
+        pipe.lpush(queue_key(message.queue, message.priority), message.encode((run_id, token)))
         pipe.execute()
     return token

@@ -1,18 +1,28 @@
-"""Celery tasks: one step of one run, and the recovery sweep that re-drives orphaned runs."""
+"""Celery tasks: one step of one run, the recovery sweep that re-drives orphaned runs, and a case's steps."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
-from workers import runtime
+from celery import Task
+
+from workers import case, runtime
+from workers.case import CaseIndex
 from workers.celery_app import celery_app
+from workers.errors import Refused, Service, classify
 from workers.locks import run_lease
 from workers.pipeline import FINAL, advance
+from workers.priority import RunPriorities
 from workers.runstore import RunRecord, RunStatus
 from workers.scheduler import ScheduledStep
+from workers.stages import case as case_stage
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 STEP_TASK = "bridge.run.step"
 RECOVER_TASK = "bridge.runs.recover"
@@ -36,7 +46,8 @@ def schedule(run_id: str, delay: float = 0.0) -> None:
     """Queue the run's next step, due in `delay` s, superseding any other scheduled step of the run."""
     delay = max(0.0, delay)
     token = runtime.scheduler().new_token(run_id, delay)
-    run_step.apply_async((run_id, token), countdown=delay)
+    priority = RunPriorities(runtime.redis_client()).of(run_id)
+    run_step.apply_async((run_id, token), countdown=delay, priority=priority)
 
 
 def due_time(step: ScheduledStep | None, record: RunRecord) -> float:
@@ -75,3 +86,50 @@ def recover_runs(grace: float | None = None) -> int:
             schedule(record.run_id)
             count += 1
     return count
+
+
+
+# A case's fan-out and summary refreshes wait for each other (one lock per case): this often, this long.
+_CASE_LOCK_RETRY_SECONDS = 1.0
+_CASE_MAX_RETRIES = 30
+
+
+@celery_app.task(name=case.FAN_OUT_TASK, bind=True, acks_late=True, max_retries=_CASE_MAX_RETRIES)
+def fan_out_case(self: Task, root_run_id: str) -> None:
+    """List a case-scope run's case and start the runs of its H&E siblings (`workers.stages.case`)."""
+    ctx = runtime.context()
+    root = ctx.store.get(root_run_id)
+    if root is None:
+        return  # deleted before its case was listed
+    started = _case_step(self, root_run_id, lambda cases: case_stage.fan_out(ctx, cases, root)) or []
+    for run_id in started:
+        schedule(run_id)
+
+
+@celery_app.task(name=case.REFRESH_TASK, bind=True, acks_late=True, max_retries=_CASE_MAX_RETRIES)
+def refresh_case(self: Task, root_run_id: str) -> None:
+    """Rewrite a case summary after one of its runs ended; waits its turn behind the case's lock."""
+    ctx = runtime.context()
+    _case_step(self, root_run_id, lambda cases: case_stage.refresh(ctx, cases, root_run_id))
+
+
+def _case_step(task: Task, root_run_id: str, work: Callable[[CaseIndex], _T]) -> _T | None:
+    """`work` under the case's lock; retried with backoff when Sectra or Redis fail for now,
+    dropped (and logged) when Sectra refuses: the slides' own runs go on either way."""
+    ctx = runtime.context()
+    cases = case.case_index(ctx.store)
+    with run_lease(runtime.redis_client(), cases.lock_key(root_run_id), ctx.settings.lease_seconds) as held:
+        if not held:
+            raise task.retry(countdown=_CASE_LOCK_RETRY_SECONDS)
+        try:
+            return work(cases)
+        except Exception as exc:
+            kind = classify(exc, network_service=Service.sectra)
+            extra = {"run_id": root_run_id, "error_type": type(exc).__name__}
+            if isinstance(kind, Refused):
+                log.warning("a case step was refused; the case summary is not updated", extra=extra)
+                ctx.store.append_event(root_run_id, "case_step_refused", error_type=type(exc).__name__)
+                return None
+            log.warning("a case step failed; retrying", extra=extra)
+            countdown = min(60.0, 2.0 ** min(task.request.retries, 6))
+            raise task.retry(exc=exc, countdown=countdown) from exc

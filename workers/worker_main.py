@@ -20,6 +20,7 @@ from workers import runtime
 from workers.celery_app import QUEUE, celery_app
 from workers.janitor import start_janitor
 from workers.observability import QUEUE_DEPTH, configure_logging
+from workers.priority import queue_keys
 from workers.settings import get_settings
 from workers.tasks import recover_runs
 
@@ -30,7 +31,7 @@ def _sweep_forever(stop: threading.Event, interval: float) -> None:
     while True:  # at once on start-up: a replacement worker picks up its dead predecessor's runs
         try:
             recover_runs()
-            QUEUE_DEPTH.set(runtime.redis_client().llen(QUEUE))
+            QUEUE_DEPTH.set(sum(runtime.redis_client().llen(key) for key in queue_keys(QUEUE)))
         except Exception as exc:  # the sweep must outlive a Redis blip
             log.warning("recovery sweep failed", extra={"error_type": type(exc).__name__})
         if stop.wait(interval):

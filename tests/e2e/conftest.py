@@ -37,6 +37,8 @@ APP = "strand-default"
 PHI = {"patientName": "Doe^Jane^Q", "accessionNumber": "ACC20260042"}
 LABEL_MARKER = b"LBL-MARKER-7Q2Z-LBL"
 TIL_APP = "strand-til"
+AUTO_APP = "strand-auto"
+CASE_APP = "strand-case"
 FINAL = {RunStatus.completed, RunStatus.failed, RunStatus.cancelled}
 APPS_YAML = """
 strand-default:
@@ -46,6 +48,14 @@ strand-til:
   display_name: "Strand TIL panel: CD3, CD8"
   markers: [CD3, CD8]
   model: v0.7
+strand-auto:
+  display_name: "Strand marker panel on new images: CD8, PanCK, Ki67"
+  markers: [CD8, PanCK, Ki67]
+  start_on_new_images: true
+strand-case:
+  display_name: "Strand marker panel, whole case: CD8, PanCK, Ki67"
+  markers: [CD8, PanCK, Ki67]
+  scope: case
 """
 
 

@@ -12,17 +12,21 @@ import json
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis
 
+from service.app import create_app
 from service.webhook import PENDING_LEASE
-from tests.service.conftest import SECTRA_TOKEN, BridgeFactory, RecordingSectra
+from tests.service.conftest import SECTRA_TOKEN, BridgeFactory, RecordingSectra, ServerThread, bridge_apps
 from workers import runtime
 from workers.celery_app import QUEUE, celery_app
+from workers.priority import NORMAL, queue_key
 from workers.runstore import RunStore, StepClaim
+from workers.settings import Settings
 
 INVOCATION = {
     "app_id": "strand-default",
@@ -189,10 +193,37 @@ def test_ten_concurrent_duplicates_queue_one_step_with_a_current_token(
     assert sectra.result_posts() == 1
     run_id = bridge.store.find("strand-default", "slide-42", "ct-duplicates")
     assert run_id is not None
-    messages = [json.loads(raw) for raw in queue_env.lrange(QUEUE, 0, -1)]
+    messages = [json.loads(raw) for raw in queue_env.lrange(queue_key(QUEUE, NORMAL), 0, -1)]
     assert len(messages) == 1
     assert messages[0]["headers"]["task"] == "bridge.run.step"
     args = json.loads(base64.b64decode(messages[0]["body"]))[0]
     assert args[0] == run_id
     assert runtime.scheduler().is_current(run_id, args[1])
     assert SECTRA_TOKEN not in json.dumps(messages[0])  # the queue carries ids, never the callback token
+
+
+def test_the_pooled_clients_are_closed_when_the_app_shuts_down(
+    sectra: RecordingSectra, redis_client: redis.Redis, key_prefix: str, tmp_path: Path
+) -> None:
+    settings = Settings(
+        SECTRA_ALLOWED_CALLBACK_URLS=sectra.url, SECTRA_ALLOW_HTTP=True, BRIDGE_WORK_DIR=tmp_path / "work"
+    )
+    app = create_app(
+        settings, bridge_apps(), store=RunStore(redis_client, prefix=key_prefix), enqueue=[].append
+    )
+    state = app.state.bridge
+    with ServerThread(app) as server:
+        body = {
+            "action": "create",
+            "applicationId": "strand-default",
+            "slideId": "slide-42",
+            "callbackInfo": {"url": sectra.url, "token": SECTRA_TOKEN},
+            "cancellationToken": "ct-shutdown",
+            "input": {"type": "wholeSlide"},
+        }
+        assert httpx.post(f"{server.url}/sectra/strand-default", json=body, timeout=30).status_code == 200
+        assert len(state.sectra_clients) == 1
+    with pytest.raises(RuntimeError, match="closed"), state.sectra_clients.client(sectra.url):
+        pass
+    for key in redis_client.scan_iter(f"{key_prefix}:*"):
+        redis_client.delete(key)

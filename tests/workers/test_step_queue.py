@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from workers.celery_app import QUEUE, celery_app
+from workers.priority import NORMAL, queue_key
 from workers.scheduler import StepScheduler
 from workers.step_queue import StepMessage, put_first_step
 from workers.tasks import run_step
@@ -25,6 +26,8 @@ from workers.tasks import run_step
 # results are ignored either way (`ignore_result`).
 _PER_MESSAGE_HEADERS = {"id", "root_id"}
 _PER_MESSAGE_PROPERTIES = {"correlation_id", "delivery_tag", "reply_to"}
+# Both publish at Celery's default priority, into that priority's list (workers.priority).
+_LIST = queue_key(QUEUE, NORMAL)
 
 
 @pytest.fixture
@@ -51,7 +54,7 @@ def _message() -> StepMessage:
 def _celery_writes(url: str, client: redis.Redis, args: tuple[str, str]) -> dict[str, Any]:
     with celery_app.connection_for_write(url) as connection:
         run_step.apply_async(args, connection=connection)
-    raw = client.rpop(QUEUE)
+    raw = client.rpop(_LIST)
     assert raw is not None, "Celery published nowhere this test can see"
     envelope: dict[str, Any] = json.loads(raw)
     return envelope
@@ -63,7 +66,7 @@ def test_the_direct_message_is_field_by_field_what_apply_async_writes(
     url, client = queue_db
     scheduler = StepScheduler(client, prefix="test-step-queue")
     token = put_first_step(client, scheduler, _message(), "run-0123456789abcdef01234567")
-    ours: dict[str, Any] = json.loads(client.rpop(QUEUE) or b"null")
+    ours: dict[str, Any] = json.loads(client.rpop(_LIST) or b"null")
     theirs = _celery_writes(url, client, ("run-0123456789abcdef01234567", token))
 
     assert ours.keys() == theirs.keys()
@@ -89,7 +92,7 @@ def test_the_token_is_current_when_the_message_is_queued_and_ids_are_fresh(
     assert scheduler.is_current("run-0123456789abcdef01234567", first)
     second = put_first_step(client, scheduler, _message(), "run-0123456789abcdef01234567")
     assert not scheduler.is_current("run-0123456789abcdef01234567", first)  # superseded, as `schedule`
-    entries = [json.loads(raw) for raw in client.lrange(QUEUE, 0, -1)]
+    entries = [json.loads(raw) for raw in client.lrange(_LIST, 0, -1)]
     assert len(entries) == 2
     assert len({e["headers"]["id"] for e in entries}) == 2
     assert len({e["properties"]["delivery_tag"] for e in entries}) == 2

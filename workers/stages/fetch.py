@@ -1,6 +1,8 @@
 """Stage `downloading`: stream the slide from Sectra into the run's staging directory.
 
-Skips the download when an earlier attempt already staged and verified every
+Sectra's image info is read first: a slide its QC rejected (`workers.quality`) or the app's gate
+refuses is never downloaded, and the slide's priority (`workers.priority`) orders the run's later
+steps. Skips the download when an earlier attempt already staged and verified every
 file on this pod (a worker crash after the download must not fetch gigabytes again).
 """
 
@@ -13,6 +15,8 @@ from workers import messages
 from workers.context import PipelineContext
 from workers.errors import RunRefused
 from workers.observability import BYTES_DOWNLOADED
+from workers.priority import RunPriorities, celery_priority
+from workers.quality import qc_refusal
 from workers.runstore import RunRecord, RunStatus, StagedFile
 from workers.sectra_progress import TransferProgress, publisher_for, remember_result
 
@@ -28,9 +32,16 @@ def run(ctx: PipelineContext, record: RunRecord) -> None:
     with ctx.sectra(record) as sectra:
         publisher = publisher_for(ctx, record, sectra)
         metadata = sectra.get_image_metadata(record.slide_id)
-        reason = check_slide(metadata, **app.slide_gate.model_dump())
+        reason = qc_refusal(metadata, source=record.source, ignore_qc=app.ignore_qc) or check_slide(
+            metadata, **app.slide_gate.model_dump()
+        )
         if reason:
             raise RunRefused(reason)
+        # Every later step of the run (retries and recovery too) is queued at the slide's priority.
+        priorities = RunPriorities(
+            ctx.store.client, prefix=ctx.store.prefix, ttl_seconds=ctx.store.retention_seconds
+        )
+        priorities.remember(record.run_id, celery_priority(metadata.priority))
         ctx.store.update(
             record.run_id,
             slide_width=metadata.imageSize.width,

@@ -1,5 +1,8 @@
 """Stage `submitting`: price the job, check guardrails, and submit it exactly once.
 
+The guardrails: the app's per-slide ceiling, the organisation's balance, and the daily credit
+limits (`workers.quotas`), whose counters take the estimate before the POST.
+
 The intent is persisted *before* the POST. If the worker dies (or the answer
 is lost) after that, the next attempt asks Strand which jobs exist for the
 upload and adopts the one this run created instead of paying twice.
@@ -15,6 +18,7 @@ from workers import messages
 from workers.context import PipelineContext
 from workers.errors import RunRefused, SubmissionPending
 from workers.observability import CREDITS_RESERVED
+from workers.quotas import DailyCredits, DailyLimitExceeded
 from workers.runstore import RunRecord
 
 log = logging.getLogger(__name__)
@@ -69,12 +73,26 @@ def run(ctx: PipelineContext, record: RunRecord) -> None:
     available = estimate.org_balance - estimate.org_pending
     if estimate.estimated_credits > available:
         raise RunRefused(messages.insufficient_credits(estimate.estimated_credits, available))
+    daily = DailyCredits(ctx.store.client, prefix=ctx.store.prefix)
+    try:
+        daily.reserve(
+            record.run_id,
+            record.app_id,
+            estimate.estimated_credits,
+            app_limit=app.daily_credit_limit,
+            bridge_limit=ctx.settings.daily_credit_limit,
+        )
+    except DailyLimitExceeded as exc:
+        raise RunRefused(str(exc)) from None
     ctx.store.update(record.run_id, submit_intent_at=time.time())
     try:
         job = strand.predict.submit(record.upload_id, app.markers, model=app.model)
     except SubmissionUncertainError as exc:
         log.warning("Strand submit outcome unknown; will reconcile", extra={"error_type": type(exc).__name__})
         raise SubmissionPending(str(exc)) from exc
+    except BaseException:
+        daily.release(record.run_id, record.app_id)  # Strand took no job: the credits are not spent
+        raise
     _adopt(ctx, record, job.id, job.reserved_credits, app.model)
     ctx.store.append_event(
         record.run_id, "submitted", job_id=job.id, reserved_credits=job.reserved_credits or 0
