@@ -58,6 +58,7 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere; our packages are
 SECTRA_TOKEN = "bench-sectra-token"
 APP_ID = "strand-default"
 _CONTENT_LENGTH = re.compile(rb"(?i)\r\ncontent-length:\s*(\d+)")
+_FRAME = re.compile(r"^(?!process |thread ).+ \([^()]+\)$")
 # Frames that every sample passes through and that say nothing about where the cost is.
 _PLUMBING = re.compile(
     r"^(Thread\._bootstrap|Thread\.run|WorkerThread\.run|<module>|run \(|Runner\.run|asyncio_run|"
@@ -346,9 +347,9 @@ def top_frames(collapsed: Path, count: int = 30) -> list[str]:
             continue
         n = int(samples)
         total += n
-        frames = {
-            re.sub(r":\d+\)$", ")", f) for f in stack.split(";") if not f.startswith(("process ", "thread "))
-        }
+        # Frames read "function (file:line)"; the process and thread labels (a command line may hold
+        # a ';' of its own) do not.
+        frames = {re.sub(r":\d+\)$", ")", f) for f in stack.split(";") if _FRAME.match(f)}
         for frame in frames:
             inclusive[frame] += n
     rows = [(frame, n) for frame, n in inclusive.most_common() if not _PLUMBING.match(frame)][:count]

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 
 from sectra_adapter import cancelled_result, failure_result
-from strand_client import NotFoundError, StrandError
+from strand_client import NotFoundError, RateLimitError, StrandError
 from workers import case, messages
 from workers.context import PipelineContext
 from workers.errors import Refused, RunCancelled, Service, Transient, classify
@@ -57,6 +57,8 @@ _NETWORK_SERVICE: dict[RunStatus, Service] = {
 
 # The step's own backoff, on top of the clients' per-request retries: 1-2 s, 2-4 s, ... at most 300 s.
 _STEP_BACKOFF_CAP = 300.0
+# When Strand's 429 names no Retry-After (its concurrency answer does: reference/strand-rest-api.md).
+_BUSY_RETRY_SECONDS = 2.0
 
 
 def advance(ctx: PipelineContext, run_id: str) -> float | None:
@@ -161,6 +163,8 @@ def _wait(ctx: PipelineContext, record: RunRecord) -> float | None:
 
 
 def _handle_error(ctx: PipelineContext, record: RunRecord, exc: Exception) -> float | None:
+    if isinstance(exc, RateLimitError) and record.status == RunStatus.submitting:
+        return _strand_busy(ctx, record, exc)
     kind = classify(exc, network_service=_NETWORK_SERVICE.get(record.status, Service.storage))
     error_type = type(exc).__name__
     if isinstance(kind, Refused):
@@ -192,6 +196,17 @@ def _handle_error(ctx: PipelineContext, record: RunRecord, exc: Exception) -> fl
     if isinstance(kind, Transient) and kind.retry_after is not None:
         delay = max(delay, kind.retry_after)  # a server's Retry-After is a floor
     ctx.store.append_event(record.run_id, "step_retry_scheduled", delay_s=round(delay, 1), attempt=attempts)
+    return delay
+
+
+def _strand_busy(ctx: PipelineContext, record: RunRecord, exc: RateLimitError) -> float:
+    """The organisation is at Strand's cap on running jobs (`POST /predict` 429 + Retry-After, nothing
+    reserved): busy, not down. The run waits its turn as long as it takes, and the wait is no failed
+    attempt; it asks again just after Retry-After, spread over half of it so the waiting runs do not
+    all ask at once. An exponential backoff here left Strand's freed slots idle and failed runs
+    "after 5 attempts" in a busy hour (bench/soak.py, docs/capacity.md)."""
+    delay = min(_STEP_BACKOFF_CAP, exc.retry_after or _BUSY_RETRY_SECONDS) * random.uniform(1.0, 1.5)
+    ctx.store.append_event(record.run_id, "strand_busy", retry_in_s=round(delay, 1))
     return delay
 
 

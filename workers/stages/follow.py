@@ -19,13 +19,17 @@ from workers.sectra_progress import publisher_for, remember_result
 log = logging.getLogger(__name__)
 
 TERMINAL = frozenset({"completed", "partial_failed", "failed", "cancelled"})
+# Strand's SSE stream sends a keep-alive every 15 s (reference/strand-rest-api.md, GET /jobs/{id}/stream):
+# a poller looking more often than that costs Strand more requests than a follower of the stream.
+HEARTBEAT_SECONDS = 15.0
 _STATUS_WORDS = {"queued": "queued", "running": "running", "preprocessing": "preparing the slide"}
 
 
 def next_poll_delay(record: RunRecord) -> float:
-    """Poll often while a job is young, then back off to spare Strand (2 s .. 30 s)."""
+    """Look again after as long as the job has run (2, 4, 8 s: a short job is seen soon), never more
+    often than Strand's heartbeat once past that, and every 30 s for a job older than 10 minutes."""
     age = time.time() - (record.submit_intent_at or time.time())
-    return max(2.0, min(30.0, age / 20.0))
+    return min(30.0, max(2.0, min(age, HEARTBEAT_SECONDS), age / 20.0))
 
 
 def run(ctx: PipelineContext, record: RunRecord) -> JobStatus:
