@@ -8,7 +8,8 @@ One `sectra-bridge worker` (the CLI's 4 slots, the product's default settings), 
 `redis-server`, MockSectraServer, and FakeStrandServer whose jobs run for a day
 (`job_duration=86400`) with its cap above `--runs`. The bench first measures the idle worker
 (the baseline), then sends `--runs` slides through download, de-identification, upload and submit,
-and once every run is `waiting` measures for `--window` seconds. Slots: Celery's own remote control
+and once every run is `waiting` (and `--settle` seconds more, past the first looks) measures for
+`--window` seconds. Slots: Celery's own remote control
 (`inspect().active()` and `.scheduled()`), sampled after the window so its traffic is not counted.
 
 Goal (issue #15): >= 200 concurrent waiting runs on one worker with bounded memory and no slot held,
@@ -109,6 +110,9 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=60.0, help="seconds measured while the runs wait")
     parser.add_argument("--idle-window", type=float, default=20.0, help="seconds measured idle (baseline)")
     parser.add_argument("--setup-timeout", type=float, default=240.0)
+    parser.add_argument(
+        "--settle", type=float, default=20.0, help="seconds between all waiting and the window"
+    )
     parser.add_argument("--redis-port", type=int, default=6420)
     parser.add_argument("--json", type=Path, help="write the figures here too (docs/capacity.md's inputs)")
     args = parser.parse_args()
@@ -143,6 +147,7 @@ def main() -> None:
 
         wait_until(all_waiting, args.setup_timeout, f"not all {args.runs} runs reached waiting", every=0.5)
         setup = time.monotonic() - started
+        time.sleep(args.settle)  # past the first looks' ramp (0, 2, 4, 8, 16 s): the steady state
         busy = window(the_lab, worker, args.window)
         busy_slots = slots()
         disk = dir_bytes(worker.work_dir)
