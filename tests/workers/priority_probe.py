@@ -18,9 +18,12 @@ PROBE_LIST = "test-priority:taken"
 # step task in this worker too (Celery tasks are shared between apps).
 STEP_TASK = "bridge.run.step"
 
-app = make_celery(os.environ["REDIS_URL"])
+# The test gives the worker process its REDIS_URL; importing this module for the names above
+# (at collection, before any REDIS_URL is set) must not need one, and connects to nothing.
+_URL = os.environ.get("REDIS_URL", "redis://localhost:6379/0")
+app = make_celery(_URL)
 app.conf.include = []
-_redis = redis.Redis.from_url(os.environ["REDIS_URL"])
+_redis = redis.Redis.from_url(_URL)
 
 
 @app.task(name=STEP_TASK, shared=False)
