@@ -63,7 +63,7 @@ if mode == "upstream":
     client = upstream.SectraClient(url, token, _allow_http=True)
 else:
     import httpx
-    from sectra_adapter.client import SectraAdapter
+    from sectra_adapter import SectraAdapter
     transport = httpx.HTTPTransport() if mode == "ours-httpx" else None
     client = SectraAdapter(url, token, allow_http=True, max_retries=0, transport=transport)
 def cpu():

@@ -118,8 +118,8 @@ def child(mode: str, url: str, size: int) -> None:
     """Runs in a fresh interpreter so its peak RSS is its own (it imports only what a worker would)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from strand_client import JobResults
     from strand_client._shards import store_fetcher
-    from strand_client.results import JobResults
     from workers.summarise import summarise_marker
 
     with JobResults(api_root=f"{url}/api/v1", api_key=API_KEY, job_id=JOB_ID) as results:

@@ -7,9 +7,9 @@ The names below are the package's public surface; import them from here
 the callback-URL allow-list, the summary types shared with `workers`, and the errors.
 """
 
-from sectra_adapter.client import SectraAdapter
-from sectra_adapter.download import DownloadedFile, ProgressCallback
-from sectra_adapter.errors import (
+from sectra_adapter._client import SectraAdapter
+from sectra_adapter._download import DownloadedFile, ProgressCallback
+from sectra_adapter._errors import (
     CallbackUrlRefused,
     DownloadError,
     SectraAuthError,
@@ -18,24 +18,31 @@ from sectra_adapter.errors import (
     SectraUnavailable,
     SectraVersionConflict,
 )
-from sectra_adapter.gate import check_slide, check_stain
-from sectra_adapter.headers import sectra_response_headers
-from sectra_adapter.progress import ResultPublisher
-from sectra_adapter.results import (
+from sectra_adapter._gate import check_slide, check_stain
+from sectra_adapter._header_values import MAX_TOKEN_CHARS, is_token68
+from sectra_adapter._headers import DEFAULT_VERSIONS, sectra_response_headers
+from sectra_adapter._patterns import UnsafePattern, check_pattern
+from sectra_adapter._pool import SectraClientPool
+from sectra_adapter._progress import ResultPublisher
+from sectra_adapter._results import (
     build_final_result,
     cancelled_result,
     case_summary_result,
+    colour_for,
     failure_result,
     pending_result,
     progress_result,
 )
-from sectra_adapter.retry import Backoff
-from sectra_adapter.summary import Hotspot, MarkerSummary, RunSummary
-from sectra_adapter.transport import Urllib3Transport
-from sectra_adapter.urls import check_callback_url, normalise_base_url
-from sectra_adapter.versions import api_version_at_least
+from sectra_adapter._retry import Backoff
+from sectra_adapter._summary import Hotspot, MarkerSummary, RunSummary
+from sectra_adapter._transport import Urllib3Transport
+from sectra_adapter._urls import check_callback_url, normalise_base_url
+from sectra_adapter._versions import VERSION_CACHE, api_version_at_least, version_headers
 
 __all__ = [
+    "DEFAULT_VERSIONS",
+    "MAX_TOKEN_CHARS",
+    "VERSION_CACHE",
     "Backoff",
     "CallbackUrlRefused",
     "DownloadError",
@@ -47,21 +54,27 @@ __all__ = [
     "RunSummary",
     "SectraAdapter",
     "SectraAuthError",
+    "SectraClientPool",
     "SectraError",
     "SectraRequestFailed",
     "SectraUnavailable",
     "SectraVersionConflict",
+    "UnsafePattern",
     "Urllib3Transport",
     "api_version_at_least",
     "build_final_result",
     "cancelled_result",
     "case_summary_result",
     "check_callback_url",
+    "check_pattern",
     "check_slide",
     "check_stain",
+    "colour_for",
     "failure_result",
+    "is_token68",
     "normalise_base_url",
     "pending_result",
     "progress_result",
     "sectra_response_headers",
+    "version_headers",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from enum import Enum, auto
 from typing import Protocol
 
-from sectra_adapter.errors import DownloadError
+from sectra_adapter._errors import DownloadError
 
 MAX_HEADER_BYTES = 16 * 1024
 _MAX_BOUNDARY_LINE = 1024

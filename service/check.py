@@ -11,11 +11,9 @@ from dataclasses import dataclass, field
 
 import redis
 
-from sectra_adapter.client import SectraAdapter
-from sectra_adapter.errors import CallbackUrlRefused, SectraError
-from sectra_adapter.urls import check_callback_url
+from sectra_adapter import CallbackUrlRefused, SectraAdapter, SectraError, check_callback_url
 from strand_client import Client as StrandClient
-from strand_client.errors import StrandError
+from strand_client import StrandError
 from workers.apps import AppConfig, AppsConfigError, load_apps
 from workers.settings import Settings
 

@@ -23,7 +23,7 @@ from sectra_client.schemas import (
 )
 from starlette.requests import ClientDisconnect
 
-from sectra_adapter.header_values import MAX_TOKEN_CHARS, is_token68
+from sectra_adapter import MAX_TOKEN_CHARS, is_token68
 from service.errors import ApiError, describe_validation_errors
 from workers.ids import SECTRA_ID_RULE, is_sectra_id
 

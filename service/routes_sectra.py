@@ -19,7 +19,7 @@ from sectra_client.schemas import (
     NewImageFilesInvocation,
 )
 
-from sectra_adapter.gate import check_slide
+from sectra_adapter import check_slide
 from service import webhook
 from service.auth import require_webhook_token
 from service.errors import ApiError

@@ -4,7 +4,7 @@ Every invocation names its own Sectra (callback URL and token), so the webhook
 builds a short-lived `SectraAdapter` per request. Building an httpx client
 (and its TLS context) per request would cost more than the rest of the
 request, so each adapter borrows the pooled client of its Sectra server
-(`sectra_adapter.pool`, one bounded connection pool per server), and the app
+(`sectra_adapter._pool`, one bounded connection pool per server), and the app
 closes the pool once, at shutdown.
 """
 
@@ -15,11 +15,16 @@ from contextlib import contextmanager
 
 import httpx
 
-from sectra_adapter.client import SectraAdapter
-from sectra_adapter.errors import CallbackUrlRefused
-from sectra_adapter.headers import DEFAULT_VERSIONS, sectra_response_headers
-from sectra_adapter.urls import check_callback_url, normalise_base_url
-from sectra_adapter.versions import VERSION_CACHE, version_headers
+from sectra_adapter import (
+    DEFAULT_VERSIONS,
+    VERSION_CACHE,
+    CallbackUrlRefused,
+    SectraAdapter,
+    check_callback_url,
+    normalise_base_url,
+    sectra_response_headers,
+    version_headers,
+)
 from service.errors import ApiError
 from service.state import ServiceState
 

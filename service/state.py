@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import httpx
 from fastapi import Request
 
-from sectra_adapter.pool import SectraClientPool
+from sectra_adapter import SectraClientPool
 from workers.apps import AppConfig
 from workers.metering import CountingTransport
 from workers.runstore import RunStore

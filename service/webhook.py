@@ -28,8 +28,7 @@ from sectra_client.schemas import (
     NewImageFilesInvocation,
 )
 
-from sectra_adapter.errors import SectraError, SectraRequestFailed, SectraUnavailable
-from sectra_adapter.results import pending_result
+from sectra_adapter import SectraError, SectraRequestFailed, SectraUnavailable, pending_result
 from service.errors import SECTRA_RETRY_AFTER_SECONDS, ApiError, unavailable
 from service.sectra_link import adapter_for
 from service.state import ServiceState

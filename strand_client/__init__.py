@@ -1,7 +1,7 @@
 """Python client of the Strand REST API, and (in `strand_client.testing`) a faithful fake server."""
 
-from strand_client.client import Client
-from strand_client.errors import (
+from strand_client._client import Client
+from strand_client._errors import (
     AuthError,
     BadRequestError,
     ConflictError,
@@ -19,8 +19,8 @@ from strand_client.errors import (
     UnknownMarkersError,
     UploadError,
 )
-from strand_client.jobs import Job
-from strand_client.models import (
+from strand_client._jobs import Job
+from strand_client._models import (
     TERMINAL_STATUSES,
     Estimate,
     JobEvent,
@@ -29,9 +29,10 @@ from strand_client.models import (
     Upload,
     UploadCheckpoint,
 )
-from strand_client.results import JobResults
+from strand_client._results import BLOCK_BYTES, JobResults, MapBlock, MarkerMap, ResultsError, SlideGeometry
 
 __all__ = [
+    "BLOCK_BYTES",
     "TERMINAL_STATUSES",
     "AuthError",
     "BadRequestError",
@@ -45,12 +46,16 @@ __all__ = [
     "JobResults",
     "JobStatus",
     "JobTimeoutError",
+    "MapBlock",
+    "MarkerMap",
     "MarkerNotAvailableError",
     "NotFoundError",
     "PermissionDeniedError",
     "RateLimitError",
+    "ResultsError",
     "ResultsLocation",
     "ServerError",
+    "SlideGeometry",
     "StrandConnectionError",
     "StrandError",
     "SubmissionUncertainError",

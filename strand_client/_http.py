@@ -15,8 +15,7 @@ from typing import Any
 
 import httpx
 
-from strand_client._retry import RETRYABLE_STATUS, RetryableAnswer, RetryPolicy, parse_retry_after
-from strand_client.errors import (
+from strand_client._errors import (
     AuthError,
     BadRequestError,
     ConflictError,
@@ -30,6 +29,7 @@ from strand_client.errors import (
     StrandError,
     UnknownMarkersError,
 )
+from strand_client._retry import RETRYABLE_STATUS, RetryableAnswer, RetryPolicy, parse_retry_after
 
 # Failures raised before a single byte of the request left this process: always safe to repeat.
 UNSENT_ERRORS: tuple[type[Exception], ...] = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)

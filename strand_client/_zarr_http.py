@@ -26,9 +26,9 @@ from zarr.abc.store import (
 )
 from zarr.core.buffer import Buffer, BufferPrototype
 
+from strand_client._errors import StrandConnectionError
 from strand_client._http import error_from_response
 from strand_client._retry import RETRYABLE_STATUS, RetryableAnswer, RetryPolicy
-from strand_client.errors import StrandConnectionError
 
 _STREAM_CHUNK = 1 << 20
 T = TypeVar("T")

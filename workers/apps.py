@@ -14,7 +14,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from sectra_adapter.patterns import UnsafePattern, check_pattern
+from sectra_adapter import UnsafePattern, check_pattern
 
 DEFAULT_APP_ID = "strand-default"
 
@@ -25,9 +25,7 @@ class SlideGateOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # Searched in stain names sent by callers, so each must have a linear-time shape (checked below).
-    stain_patterns: list[str] = Field(
-        default_factory=lambda: [r"^h\s*(?:&\s*)?e$", r"hematoxylin", r"^he$"]
-    )
+    stain_patterns: list[str] = Field(default_factory=lambda: [r"^h\s*(?:&\s*)?e$", r"hematoxylin", r"^he$"])
     min_width_px: int = 256
     min_height_px: int = 256
     max_pixels: int = 200_000 * 200_000

@@ -27,8 +27,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from sectra_adapter import Hotspot, MarkerSummary
-from sectra_adapter.results import colour_for
+from sectra_adapter import Hotspot, MarkerSummary, colour_for
 
 OBJECT_TYPE = "annotation"  # QuPath's name for an annotation object
 HOTSPOT = "hotspot"

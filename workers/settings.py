@@ -14,7 +14,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from sectra_adapter.header_values import is_token68
+from sectra_adapter import is_token68
 
 
 class Settings(BaseSettings):

@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sectra_adapter.summary import Hotspot, MarkerSummary
-from strand_client.results import BLOCK_BYTES, JobResults, MapBlock, MarkerMap, ResultsError, SlideGeometry
+from sectra_adapter import Hotspot, MarkerSummary
+from strand_client import BLOCK_BYTES, JobResults, MapBlock, MarkerMap, ResultsError, SlideGeometry
 
 _FLOAT_BINS = 65536
 _HOTSPOT_STEPS = 4  # windows slide by a quarter of their side

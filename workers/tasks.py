@@ -88,7 +88,6 @@ def recover_runs(grace: float | None = None) -> int:
     return count
 
 
-
 # A case's fan-out and summary refreshes wait for each other (one lock per case): this often, this long.
 _CASE_LOCK_RETRY_SECONDS = 1.0
 _CASE_MAX_RETRIES = 30

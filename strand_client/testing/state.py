@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from strand_client.models import TERMINAL_STATUSES
+from strand_client._models import TERMINAL_STATUSES
 
 DEFAULT_API_KEY = "sk-strand-fake-0123456789abcdef"
 DEFAULT_CATALOG = (

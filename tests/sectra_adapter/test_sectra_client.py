@@ -15,15 +15,15 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from sectra_client.mock_server import MockSectraServer
 from sectra_client.schemas import AdaptedResult, QualityControl, QualityControlData, QualityControlStatus
 
-from sectra_adapter.client import SectraAdapter
-from sectra_adapter.errors import (
+from sectra_adapter._client import SectraAdapter
+from sectra_adapter._errors import (
     CallbackUrlRefused,
     SectraAuthError,
     SectraRequestFailed,
     SectraUnavailable,
     SectraVersionConflict,
 )
-from sectra_adapter.results import pending_result, progress_result
+from sectra_adapter._results import pending_result, progress_result
 
 CLIENT_SECRET = "s3cret"
 METADATA = {

@@ -16,8 +16,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from sectra_client.mock_server import MockSectraServer
 
-from sectra_adapter.client import SectraAdapter
-from sectra_adapter.errors import DownloadError, SectraAuthError, SectraRequestFailed
+from sectra_adapter._client import SectraAdapter
+from sectra_adapter._errors import DownloadError, SectraAuthError, SectraRequestFailed
 
 REPO = Path(__file__).resolve().parents[2]
 BOUNDARY = "3c5e-boundary-for-tests"
@@ -283,7 +283,7 @@ def test_a_missing_slide_is_a_request_failure(
 _RSS_CHILD = """
 import json, sys
 from pathlib import Path
-from sectra_adapter.client import SectraAdapter
+from sectra_adapter._client import SectraAdapter
 
 def hwm():
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -328,7 +328,7 @@ def test_memory_stays_flat_for_a_large_slide(
 _FULL_DISK_CHILD = """
 import json, resource, signal, sys
 from pathlib import Path
-from sectra_adapter.client import SectraAdapter
+from sectra_adapter._client import SectraAdapter
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit now fail with EFBIG, like a full disk
 resource.setrlimit(resource.RLIMIT_FSIZE, (1024 * 1024, 1024 * 1024))

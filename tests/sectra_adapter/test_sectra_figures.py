@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from sectra_adapter.results import GEOMETRY_MISMATCH_LINE, build_final_result, format_area
-from sectra_adapter.summary import Hotspot, MarkerSummary, RunSummary
+from sectra_adapter._results import GEOMETRY_MISMATCH_LINE, build_final_result, format_area
+from sectra_adapter._summary import Hotspot, MarkerSummary, RunSummary
 
 
 @pytest.mark.parametrize(

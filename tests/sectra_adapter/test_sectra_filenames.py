@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sectra_adapter.errors import DownloadError
-from sectra_adapter.filenames import NameAllocator, filename_from_disposition, sanitise
+from sectra_adapter._errors import DownloadError
+from sectra_adapter._filenames import NameAllocator, filename_from_disposition, sanitise
 
 
 @pytest.mark.parametrize(

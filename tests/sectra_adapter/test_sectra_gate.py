@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from sectra_client.schemas import ImageMetadata
 
-from sectra_adapter.gate import check_slide
+from sectra_adapter._gate import check_slide
 
 PATTERNS = [r"^h\s*(?:&\s*)?e$", r"hematoxylin", r"^he$"]
 LIMITS: dict[str, Any] = {

@@ -10,9 +10,9 @@ from fastapi import FastAPI, Header
 from fastapi.responses import JSONResponse, Response
 from sectra_client.schemas import ApplicationInfo
 
-from sectra_adapter.errors import SectraUnavailable
-from sectra_adapter.headers import DEFAULT_VERSIONS, sectra_response_headers
-from sectra_adapter.versions import VersionCache
+from sectra_adapter._errors import SectraUnavailable
+from sectra_adapter._headers import DEFAULT_VERSIONS, sectra_response_headers
+from sectra_adapter._versions import VersionCache
 
 
 def info_app(status: int = 200) -> FastAPI:

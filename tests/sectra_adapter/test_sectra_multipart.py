@@ -7,8 +7,8 @@ import random
 
 import pytest
 
+from sectra_adapter._errors import DownloadError
 from sectra_adapter._multipart import MultipartParser
-from sectra_adapter.errors import DownloadError
 
 BOUNDARY = "b0undary-7d1f"
 

@@ -12,9 +12,9 @@ import threading
 import httpx
 import pytest
 
-from sectra_adapter.client import SectraAdapter
-from sectra_adapter.pool import SectraClientPool
-from sectra_adapter.results import pending_result
+from sectra_adapter._client import SectraAdapter
+from sectra_adapter._pool import SectraClientPool
+from sectra_adapter._results import pending_result
 
 APP = "strand-default"
 

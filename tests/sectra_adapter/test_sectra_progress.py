@@ -10,10 +10,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from sectra_client.mock_server import MockSectraServer
 
-from sectra_adapter.client import SectraAdapter
-from sectra_adapter.errors import SectraVersionConflict
-from sectra_adapter.progress import ResultPublisher
-from sectra_adapter.results import failure_result, pending_result
+from sectra_adapter._client import SectraAdapter
+from sectra_adapter._errors import SectraVersionConflict
+from sectra_adapter._progress import ResultPublisher
+from sectra_adapter._results import failure_result, pending_result
 
 
 class Clock:

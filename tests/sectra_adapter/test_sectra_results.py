@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sectra_client.schemas import PrimitiveResultContent, Result
 
-from sectra_adapter.results import (
+from sectra_adapter._results import (
     PALETTE,
     build_final_result,
     cancelled_result,
@@ -18,7 +18,7 @@ from sectra_adapter.results import (
     pending_result,
     progress_result,
 )
-from sectra_adapter.summary import Hotspot, MarkerSummary, RunSummary
+from sectra_adapter._summary import Hotspot, MarkerSummary, RunSummary
 
 GOLDEN = Path(__file__).parent / "golden" / "final_result.json"
 

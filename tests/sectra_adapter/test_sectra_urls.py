@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from sectra_adapter.errors import CallbackUrlRefused
-from sectra_adapter.urls import check_callback_url, normalise_base_url
+from sectra_adapter._errors import CallbackUrlRefused
+from sectra_adapter._urls import check_callback_url, normalise_base_url
 
 ALLOWED = ["https://pacs.hospital.example/SectraPathology/ia/v1", "https://pacs2.hospital.example:8443/"]
 

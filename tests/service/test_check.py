@@ -50,7 +50,10 @@ def test_check_passes_a_complete_configuration_and_reaches_sectra(redis_url: str
                     "SECTRA_ALLOW_HTTP": "true",
                     "BRIDGE_WEBHOOK_TOKEN": "webhook-secret-xyz",
                 },
-                "--sectra-url", sectra.url, "--sectra-token", "sectra-token-abc",
+                "--sectra-url",
+                sectra.url,
+                "--sectra-token",
+                "sectra-token-abc",
             )
     finally:
         sectra.stop()

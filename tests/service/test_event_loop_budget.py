@@ -23,8 +23,8 @@ import httpx
 import pytest
 import redis
 
-from sectra_adapter.gate import MAX_STAIN_CHARS
-from sectra_adapter.patterns import UnsafePattern, check_pattern
+from sectra_adapter._gate import MAX_STAIN_CHARS
+from sectra_adapter._patterns import UnsafePattern, check_pattern
 from service.parsing import MAX_BODY_BYTES, MAX_JSON_VALUES
 from tests.service.conftest import (
     NOTIFY_APP,

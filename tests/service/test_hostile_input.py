@@ -25,11 +25,11 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 from sectra_client.schemas import ApplicationInfo
 
-from sectra_adapter.errors import SectraError
-from sectra_adapter.header_values import is_field_value, is_token68
-from sectra_adapter.headers import DEFAULT_VERSIONS
-from sectra_adapter.results import pending_result
-from sectra_adapter.versions import VersionCache
+from sectra_adapter._errors import SectraError
+from sectra_adapter._header_values import is_field_value, is_token68
+from sectra_adapter._headers import DEFAULT_VERSIONS
+from sectra_adapter._results import pending_result
+from sectra_adapter._versions import VersionCache
 from service.app import create_app
 from service.cli import main as cli
 from tests.service.conftest import (

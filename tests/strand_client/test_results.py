@@ -22,9 +22,9 @@ import pytest
 import zarr
 from zarr.core.sync import sync
 
+from strand_client._errors import AuthError, ServerError, StrandConnectionError
+from strand_client._results import JobResults, ResultsError
 from strand_client._retry import RetryPolicy
-from strand_client.errors import AuthError, ServerError, StrandConnectionError
-from strand_client.results import JobResults, ResultsError
 from strand_client.testing.zarr_results import (
     LAYOUTS,
     ResultsFixture,

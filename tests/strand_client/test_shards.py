@@ -25,6 +25,7 @@ from zarr.codecs import BytesCodec, GzipCodec, ShardingCodec, ZstdCodec
 from zarr.core.buffer import cpu
 from zarr.storage import MemoryStore
 
+from strand_client._results import JobResults, ResultsError
 from strand_client._retry import RetryPolicy
 from strand_client._shards import (
     ShardFormatError,
@@ -33,7 +34,6 @@ from strand_client._shards import (
     read_window,
     store_fetcher,
 )
-from strand_client.results import JobResults, ResultsError
 from strand_client.testing.zarr_results import build_results, results_files_app, serve_app
 from workers.summarise import summarise_job, summarise_marker
 

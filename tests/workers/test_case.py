@@ -25,8 +25,18 @@ HE = CASE_APP.slide_gate.stain_patterns
 
 @pytest.mark.parametrize(
     ("version", "expected"),
-    [("1.9", True), ("1.10", True), ("1.9.2", True), ("2.0", True), ("1.8", False), ("1.8.9", False),
-     ("1", False), ("", False), ("1.x", False), ("v1.9", False)],
+    [
+        ("1.9", True),
+        ("1.10", True),
+        ("1.9.2", True),
+        ("2.0", True),
+        ("1.8", False),
+        ("1.8.9", False),
+        ("1", False),
+        ("", False),
+        ("1.x", False),
+        ("v1.9", False),
+    ],
 )
 def test_api_version_compares_numerically_not_as_text(version: str, expected: bool) -> None:
     assert api_version_at_least(version, (1, 9)) is expected
@@ -92,11 +102,21 @@ def _record(slide_id: str, status: RunStatus, **fields: Any) -> RunRecord:
 
 def test_summary_names_each_slide_by_block_and_place_and_says_what_was_found() -> None:
     marker = MarkerSummary(
-        marker="CD8", positive_fraction=0.123, positive_area_mm2=1.0, tissue_area_mm2=8.0,
-        mean=0.2, p50=0.1, p90=0.5, p99=0.9,
+        marker="CD8",
+        positive_fraction=0.123,
+        positive_area_mm2=1.0,
+        tissue_area_mm2=8.0,
+        mean=0.2,
+        p50=0.1,
+        p90=0.5,
+        p99=0.9,
     )
     done = _record(
-        "s1", RunStatus.completed, job_id="job-1", slide_width=1000, slide_height=800,
+        "s1",
+        RunStatus.completed,
+        job_id="job-1",
+        slide_width=1000,
+        slide_height=800,
         summary=StoredSummary(markers=[marker], missing={"Ki67": "not delivered"}).to_record(),
     )
     failed = _record("s2", RunStatus.failed, message="Slide is too small to analyse")

@@ -1,7 +1,7 @@
 """3DHISTECH MIRAX de-identification, judged by OpenSlide and the standard library, not by our code.
 
 The slide (`tests/fixtures/mrxs.py`) is staged flat, the way a Sectra download of
-several files lands (`sectra_adapter.filenames` keeps a name's last component).
+several files lands (`sectra_adapter._filenames` keeps a name's last component).
 Oracles: OpenSlide opens input and output, lists no associated image in the
 output and reads every level pixel-identical to the input; `configparser` reads
 Slidedat.ini; a raw byte search finds no PHI in any output file; the layout rule
@@ -19,7 +19,7 @@ import numpy as np
 import openslide
 import pytest
 
-from sectra_adapter.download import write_response
+from sectra_adapter._download import write_response
 from tests.fixtures.mrxs import MrxsSlide, make_mrxs
 from workers.deidentify import (
     DeidentificationError,

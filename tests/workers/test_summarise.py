@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sectra_adapter.summary import Hotspot, MarkerSummary
+from sectra_adapter._summary import Hotspot, MarkerSummary
+from strand_client._results import JobResults
 from strand_client._retry import RetryPolicy
-from strand_client.results import JobResults
 from strand_client.testing.zarr_results import ResultsFixture, build_results, results_files_app, serve_app
 from workers.summarise import summarise_job, summarise_marker
 

@@ -33,9 +33,9 @@ from hypothesis import strategies as st
 from zarr.core.buffer import cpu
 from zarr.storage import MemoryStore
 
-from sectra_adapter.summary import MarkerSummary
+from sectra_adapter._summary import MarkerSummary
+from strand_client._results import JobResults
 from strand_client._retry import RetryPolicy
-from strand_client.results import JobResults
 from strand_client.testing.zarr_results import build_results, results_files_app, serve_app
 from workers.summarise import summarise_job
 

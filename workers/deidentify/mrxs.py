@@ -18,7 +18,7 @@ Names become `<run_id>.mrxs` and `<run_id>/{Slidedat.ini, Index.dat, DataNNNN.da
 Tiles are never decoded or moved: the pyramid stays byte-identical.
 
 Sectra serves the slide as several files of one download, flattened into the
-staging directory (`sectra_adapter.filenames` keeps only a name's last component),
+staging directory (`sectra_adapter._filenames` keeps only a name's last component),
 so the parts are found by name wherever they are: Slidedat.ini first, then the
 index and data files it names. A `.mrxs` with its directory beside it is found
 too (the command line, and a re-run on our own output).

@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from strand_client._errors import ConflictError, UploadError
 from strand_client._http import HttpSession, Retry
-from strand_client.errors import ConflictError, UploadError
-from strand_client.models import Upload, UploadCheckpoint, UploadSession
-from strand_client.resumable import CheckpointCallback, ProgressCallback, ResumableSender, SessionGone
+from strand_client._models import Upload, UploadCheckpoint, UploadSession
+from strand_client._resumable import CheckpointCallback, ProgressCallback, ResumableSender, SessionGone
 
 log = logging.getLogger("strand_client")
 

@@ -9,11 +9,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, overload
 
+from strand_client._errors import JobFailedError, JobTimeoutError, StrandError
 from strand_client._http import HttpSession, Retry
-from strand_client.errors import JobFailedError, JobTimeoutError, StrandError
-from strand_client.models import JobEvent, JobStatus, ResultsLocation
-from strand_client.results import JobResults
-from strand_client.sse import follow_events
+from strand_client._models import JobEvent, JobStatus, ResultsLocation
+from strand_client._results import JobResults
+from strand_client._sse import follow_events
 
 log = logging.getLogger("strand_client")
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import httpx
 from sectra_client.schemas import ApplicationInfo
 
-from sectra_adapter.client import SectraAdapter
-from sectra_adapter.urls import normalise_base_url
-from sectra_adapter.versions import VERSION_CACHE, version_headers
+from sectra_adapter._client import SectraAdapter
+from sectra_adapter._urls import normalise_base_url
+from sectra_adapter._versions import VERSION_CACHE, version_headers
 
 # What the bridge implements and was tested against, used until a Sectra server has told us its own.
 DEFAULT_VERSIONS = ApplicationInfo(apiVersion="1.10", softwareVersion="unknown")

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-from sectra_adapter.errors import CallbackUrlRefused
+from sectra_adapter._errors import CallbackUrlRefused
 
 logger = logging.getLogger(__name__)
 

@@ -35,19 +35,19 @@ from sectra_client.schemas import (
     ResultResponse,
 )
 
-from sectra_adapter.download import DownloadedFile, ProgressCallback, write_response
-from sectra_adapter.errors import (
+from sectra_adapter._download import DownloadedFile, ProgressCallback, write_response
+from sectra_adapter._errors import (
     DownloadError,
     SectraRequestFailed,
     SectraUnavailable,
     SectraVersionConflict,
     safe_excerpt,
 )
-from sectra_adapter.retry import RETRYABLE_STATUS, Backoff, describe, parse_retry_after
-from sectra_adapter.tokens import ClientCredentials, SectraTokenAuth, TokenEndpointBusy
-from sectra_adapter.transport import Urllib3Transport
-from sectra_adapter.urls import normalise_base_url
-from sectra_adapter.versions import VERSION_CACHE, version_headers
+from sectra_adapter._retry import RETRYABLE_STATUS, Backoff, describe, parse_retry_after
+from sectra_adapter._tokens import ClientCredentials, SectraTokenAuth, TokenEndpointBusy
+from sectra_adapter._transport import Urllib3Transport
+from sectra_adapter._urls import normalise_base_url
+from sectra_adapter._versions import VERSION_CACHE, version_headers
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class SectraAdapter:
         clock: Callable[[], float] = time.monotonic,
         client: httpx.Client | None = None,
     ) -> None:
-        """`client`: an `http_client()` shared with other adapters (`sectra_adapter.pool`); it is
+        """`client`: an `http_client()` shared with other adapters (`sectra_adapter._pool`); it is
         not closed by `close()`, and `transport` is then unused."""
         self.base_url = normalise_base_url(url, allow_http)
         credentials = (

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from strand_client._errors import SubmissionUncertainError
 from strand_client._http import HttpSession, Retry
-from strand_client.errors import SubmissionUncertainError
-from strand_client.jobs import Job
-from strand_client.models import Estimate
+from strand_client._jobs import Job
+from strand_client._models import Estimate
 
 
 def _body(upload_id: str, markers: Sequence[str], model: str | None) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from sectra_client.schemas import (
     Style,
 )
 
-from sectra_adapter.summary import Hotspot, RunSummary
+from sectra_adapter._summary import Hotspot, RunSummary
 
 # Okabe-Ito: distinguishable with the common colour-vision deficiencies, and against H&E pink.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#F0E442", "#000000")

@@ -16,10 +16,10 @@ from collections.abc import Callable
 
 from sectra_client.schemas import AdaptedResult, Result, ResultResponse
 
-from sectra_adapter.client import SectraAdapter
-from sectra_adapter.errors import SectraError, SectraVersionConflict
-from sectra_adapter.results import progress_result
-from sectra_adapter.retry import Backoff
+from sectra_adapter._client import SectraAdapter
+from sectra_adapter._errors import SectraError, SectraVersionConflict
+from sectra_adapter._results import progress_result
+from sectra_adapter._retry import Backoff
 
 logger = logging.getLogger(__name__)
 

@@ -63,4 +63,3 @@ class CallbackUrlRefused(SectraError):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
-

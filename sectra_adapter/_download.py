@@ -16,9 +16,9 @@ from email.message import Message
 from pathlib import Path
 
 from sectra_adapter._background import BackgroundConsumer
+from sectra_adapter._errors import DownloadError
+from sectra_adapter._filenames import PART_SUFFIX, NameAllocator, filename_from_disposition
 from sectra_adapter._multipart import MultipartParser
-from sectra_adapter.errors import DownloadError
-from sectra_adapter.filenames import PART_SUFFIX, NameAllocator, filename_from_disposition
 
 ProgressCallback = Callable[[int, int | None], None]
 PROGRESS_STEP = 8 * 1024 * 1024  # report at most every 8 MiB: callers post progress to Sectra

@@ -13,9 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 
-from strand_client._http import HttpSession
-from strand_client._retry import RetryPolicy
-from strand_client.errors import (
+from strand_client._errors import (
     AuthError,
     JobTimeoutError,
     NotFoundError,
@@ -23,7 +21,9 @@ from strand_client.errors import (
     StrandConnectionError,
     StrandError,
 )
-from strand_client.models import JobEvent
+from strand_client._http import HttpSession
+from strand_client._models import JobEvent
+from strand_client._retry import RetryPolicy
 
 log = logging.getLogger("strand_client")
 

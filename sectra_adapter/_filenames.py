@@ -13,7 +13,7 @@ import unicodedata
 from email.message import Message
 from email.utils import collapse_rfc2231_value
 
-from sectra_adapter.errors import DownloadError
+from sectra_adapter._errors import DownloadError
 
 PART_SUFFIX = ".part"
 _MAX_NAME_BYTES = 200  # leaves room for a de-duplication counter and `.part` under NAME_MAX (255)

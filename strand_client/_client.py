@@ -7,13 +7,13 @@ from types import TracebackType
 
 import httpx
 
+from strand_client._errors import AuthError
 from strand_client._http import HttpSession
+from strand_client._jobs import Jobs
+from strand_client._markers import Markers
+from strand_client._predict import Predict
 from strand_client._retry import RetryPolicy
-from strand_client.errors import AuthError
-from strand_client.jobs import Jobs
-from strand_client.markers import Markers
-from strand_client.predict import Predict
-from strand_client.uploads import Uploads
+from strand_client._uploads import Uploads
 
 DEFAULT_BASE_URL = "https://app.strandai.com"
 

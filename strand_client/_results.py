@@ -31,6 +31,7 @@ import numpy as np
 import zarr
 from zarr.core.sync import sync
 
+from strand_client._errors import StrandError
 from strand_client._geometry import MapTransform, SlideGeometry, resolve_geometry
 from strand_client._retry import RetryPolicy
 from strand_client._shards import ShardedLayout, array_layout, read_bands, read_window, store_fetcher
@@ -43,7 +44,6 @@ from strand_client._zarr_layout import (
     multiscales,
     root_microns_per_pixel,
 )
-from strand_client.errors import StrandError
 
 HE_NAME = "H&E"
 TISSUE_NAME = "tissue"

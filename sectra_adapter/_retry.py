@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import tenacity
 
-from sectra_adapter.errors import safe_excerpt
+from sectra_adapter._errors import safe_excerpt
 
 logger = logging.getLogger("sectra_adapter")
 

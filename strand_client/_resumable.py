@@ -23,9 +23,9 @@ from pathlib import Path
 
 import httpx
 
+from strand_client._errors import UploadError
+from strand_client._models import UploadCheckpoint
 from strand_client._retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after
-from strand_client.errors import UploadError
-from strand_client.models import UploadCheckpoint
 
 GCS_QUANTUM = 256 * 1024
 _PIECE = 1024 * 1024  # bytes handed to the socket per write: bounds the transport's transient copies

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from sectra_adapter.client import http_client
+from sectra_adapter._client import http_client
 
 # A bridge talks to one Sectra, a few at most (one per site on a shared deployment).
 DEFAULT_MAX_SERVERS = 16

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pydantic import ValidationError
 from sectra_client.schemas import ApplicationInfo
 
-from sectra_adapter.errors import SectraError, SectraRequestFailed
-from sectra_adapter.header_values import MAX_VALUE_CHARS, is_field_value
+from sectra_adapter._errors import SectraError, SectraRequestFailed
+from sectra_adapter._header_values import MAX_VALUE_CHARS, is_field_value
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from sectra_client.schemas import ImageMetadata
 
-from sectra_adapter.patterns import compile_safe
+from sectra_adapter._patterns import compile_safe
 
 # Stain names are a few words ("H&E", "Hematoxylin and eosin"); a longer one is not a stain we know,
 # and the bound keeps every pattern's matching time small whatever a caller sends.
@@ -48,7 +48,7 @@ def check_slide(
 
     `stain_patterns` are case-insensitive regular expressions searched in the
     stain's display name (e.g. `^h\\s*(?:&\\s*)?e$` accepts "H&E", "HE", "h & e"); each
-    must have a linear-time shape (`sectra_adapter.patterns`), or `UnsafePattern` is raised.
+    must have a linear-time shape (`sectra_adapter._patterns`), or `UnsafePattern` is raised.
     """
     refusal = check_stain(metadata.staining.displayName, stain_patterns)
     if refusal:

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from sectra_adapter.errors import SectraAuthError, SectraRequestFailed, SectraUnavailable, safe_excerpt
-from sectra_adapter.retry import RETRYABLE_STATUS, parse_retry_after
+from sectra_adapter._errors import SectraAuthError, SectraRequestFailed, SectraUnavailable, safe_excerpt
+from sectra_adapter._retry import RETRYABLE_STATUS, parse_retry_after
 
 logger = logging.getLogger("sectra_adapter")
 
