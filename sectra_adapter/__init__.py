@@ -34,7 +34,17 @@ from sectra_adapter._results import (
     progress_result,
 )
 from sectra_adapter._retry import Backoff
-from sectra_adapter._summary import Hotspot, MarkerSummary, RunSummary
+from sectra_adapter._summary import (
+    AreaFigures,
+    Band,
+    Hotspot,
+    MarkerOverlay,
+    MarkerSummary,
+    Overlay,
+    Region,
+    ReusedJob,
+    RunSummary,
+)
 from sectra_adapter._transport import Urllib3Transport
 from sectra_adapter._urls import check_callback_url, normalise_base_url
 from sectra_adapter._versions import VERSION_CACHE, api_version_at_least, version_headers
@@ -43,14 +53,20 @@ __all__ = [
     "DEFAULT_VERSIONS",
     "MAX_TOKEN_CHARS",
     "VERSION_CACHE",
+    "AreaFigures",
     "Backoff",
+    "Band",
     "CallbackUrlRefused",
     "DownloadError",
     "DownloadedFile",
     "Hotspot",
+    "MarkerOverlay",
     "MarkerSummary",
+    "Overlay",
     "ProgressCallback",
+    "Region",
     "ResultPublisher",
+    "ReusedJob",
     "RunSummary",
     "SectraAdapter",
     "SectraAuthError",

@@ -58,6 +58,8 @@ _EVENTS_MAX = 10_000
 _EVENTS_PAGE = 500
 # They define the run (its id derives from them) or its place in the indexes.
 _IDENTITY_FIELDS = frozenset({"run_id", "app_id", "slide_id", "cancellation_token", "created_at"})
+_BLOB_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+BLOB_MAX_BYTES = 8 * 1024 * 1024  # a grid or a thumbnail is far smaller; this bounds a bug's damage
 _SECRET_KEY = re.compile(r"(?i)token|secret|password|authori[sz]ation|api[_-]?key|cookie")
 
 
@@ -551,12 +553,16 @@ class RunStore:
         return record
 
     def delete(self, run_id: str) -> bool:
-        """Remove the record, its audit trail and its index entries; False when there was nothing."""
+        """Remove the record, its audit trail, its blobs and its index entries; False if there was none."""
         record = self.get(run_id)
         if record is None:
             return False
+        blob_names = [_text(name) for name in self._redis.smembers(self._blobs_key(run_id)) or ()]
         with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self._record_key(run_id), self._events_key(run_id))
+            pipe.delete(self._record_key(run_id), self._events_key(run_id), self._blobs_key(run_id))
+            for name in blob_names:
+                if _BLOB_NAME.fullmatch(name):
+                    pipe.delete(self._blob_key(run_id, name))
             if record.sectra_result_id is not None:
                 pipe.hdel(self._result_key(record.sectra_result_id), json.dumps(record.app_id))
             for index in (
@@ -702,6 +708,40 @@ class RunStore:
         if not is_run_id(run_id):
             return
         self._release_script(keys=[self._lease_key(run_id, name)], args=[token])
+
+    # -- blobs --------------------------------------------------------------------------------
+
+    def _blobs_key(self, run_id: str) -> str:
+        return f"{self._record_key(run_id)}:blobs"
+
+    def _blob_key(self, run_id: str, name: str) -> str:
+        if not _BLOB_NAME.fullmatch(name):
+            raise ValueError(f"not a blob name: must match {_BLOB_NAME.pattern}")
+        return f"{self._record_key(run_id)}:blob:{name}"
+
+    def put_blob(self, run_id: str, name: str, data: bytes) -> None:
+        """Keep `data` beside the run (a density grid, a thumbnail), for as long as the run is kept.
+
+        Blobs are bytes the record should not carry (every record read would pay for them);
+        `delete` removes them with the run, and they expire with it.
+        """
+        if len(data) > BLOB_MAX_BYTES:
+            raise ValueError(f"blob {name!r} is {len(data)} bytes; at most {BLOB_MAX_BYTES} are kept")
+        key = self._blob_key(run_id, name)
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(key, data, ex=self._ttl)
+            pipe.sadd(self._blobs_key(run_id), name)
+            pipe.expire(self._blobs_key(run_id), self._ttl)
+            pipe.execute()
+
+    def get_blob(self, run_id: str, name: str) -> bytes | None:
+        """The blob, or None when the run has none of that name (or is not a run id)."""
+        if not is_run_id(run_id):
+            return None
+        value = self._redis.get(self._blob_key(run_id, name))
+        if value is None:
+            return None
+        return value.encode("latin-1") if isinstance(value, str) else bytes(value)
 
     # -- audit trail --------------------------------------------------------------------------
 
