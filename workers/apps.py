@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sectra_adapter import UnsafePattern, check_pattern
 
@@ -65,6 +65,16 @@ class AppConfig(BaseModel):
     daily_credit_limit: int | None = Field(default=None, ge=0)
     # `case`: a run on one slide analyses every H&E slide of its case (IA-API 1.9+), see `workers.case`.
     scope: Literal["slide", "case"] = "slide"
+    # What the pathologist gives the app in Sectra: the whole slide, one tagged polygon, or several
+    # areas (`workers.regions`); the registration's `inputTemplate` follows it.
+    input: Literal["wholeSlide", "taggedPolygon", "multiArea"] = "wholeSlide"
+    # The tags Sectra offers for a `taggedPolygon` region ("Tumour", "Stroma", ...).
+    tags: list[str] = Field(default_factory=list)
+    # What the final result draws per marker: hotspot rectangles, density bands, or both.
+    overlay: Literal["hotspots", "bands", "both"] = "both"
+    # Whole-slide runs read an earlier job's results of the same slide, markers and model when one
+    # is within `BRIDGE_RESULTS_REUSE_DAYS` (region runs always do); no new job, no credits.
+    reuse_results: bool = False
 
     @field_validator("markers")
     @classmethod
@@ -75,6 +85,17 @@ class AppConfig(BaseModel):
         if len(set(cleaned)) != len(cleaned):
             raise ValueError("markers must not repeat")
         return cleaned
+
+
+    @model_validator(mode="after")
+    def _tags_for_tagged_polygons(self) -> AppConfig:
+        if self.tags and self.input != "taggedPolygon":
+            raise ValueError("tags are offered only with input: taggedPolygon")
+        if self.input == "taggedPolygon" and not self.tags:
+            raise ValueError("input: taggedPolygon needs at least one tag (tags: [...])")
+        if len({t.strip() for t in self.tags}) != len(self.tags) or any(not t.strip() for t in self.tags):
+            raise ValueError("tags must be non-empty and must not repeat")
+        return self
 
 
 class AppsConfigError(ValueError):
