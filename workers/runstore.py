@@ -60,6 +60,8 @@ _EVENTS_PAGE = 500
 _IDENTITY_FIELDS = frozenset({"run_id", "app_id", "slide_id", "cancellation_token", "created_at"})
 _BLOB_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 BLOB_MAX_BYTES = 8 * 1024 * 1024  # a grid or a thumbnail is far smaller; this bounds a bug's damage
+GRIDS_BLOB = "grids.bin"  # every marker's `workers.grid.DensityGrid`, written by the summary stage
+THUMBNAIL_BLOB = "thumbnail.png"  # the result drawn on the slide, written at publish (`workers.render`)
 _SECRET_KEY = re.compile(r"(?i)token|secret|password|authori[sz]ation|api[_-]?key|cookie")
 
 
@@ -135,6 +137,17 @@ class RunRecord(BaseModel):
     cancel_requested: bool = False
     cancel_note: str | None = None
     deidentify_report: dict[str, Any] | None = None
+    # The pathologist's view (#16). `input_type` is the invocation's input (`wholeSlide`,
+    # `taggedPolygon`, `multiArea`); `region_input` its `content` exactly as Sectra sent it
+    # (normalised coordinates; `workers.regions` converts them once the slide's size is known).
+    input_type: str = "wholeSlide"
+    region_input: dict[str, Any] | None = None
+    # `{"job_id", "completed_at"}` of the earlier job whose results this run read (no new job).
+    reused_job: dict[str, Any] | None = None
+    # The second Sectra result, the hotspot gallery (`patchCollection`), and the review's outcome.
+    review_result_id: int | None = None
+    review_version_id: str | None = None
+    review: dict[str, Any] | None = None
 
     @property
     def is_final(self) -> bool:
