@@ -3,7 +3,7 @@
 The names below are the package's public surface; import them from here
 (`from sectra_adapter import SectraAdapter`), not from the modules, which may move.
 `SectraAdapter` (calls, streaming download, token refresh, one retry layer),
-`ResultPublisher` (one result per run), the result builders, the slide gate,
+`ResultPublisher` (one result per run), the result builders (final, status, hotspot review), the slide gate,
 the callback-URL allow-list, the summary types shared with `workers`, and the errors.
 """
 
@@ -21,10 +21,18 @@ from sectra_adapter._errors import (
 from sectra_adapter._gate import check_slide, check_stain
 from sectra_adapter._header_values import MAX_TOKEN_CHARS, is_token68
 from sectra_adapter._headers import DEFAULT_VERSIONS, sectra_response_headers
+from sectra_adapter._patches import (
+    HotspotReview,
+    ReviewedPatch,
+    hotspot_review_result,
+    read_review,
+    reviewed_result,
+)
 from sectra_adapter._patterns import UnsafePattern, check_pattern
 from sectra_adapter._pool import SectraClientPool
-from sectra_adapter._progress import ResultPublisher
+from sectra_adapter._progress import PublishGuard, ResultPublisher
 from sectra_adapter._results import (
+    body_bytes,
     build_final_result,
     cancelled_result,
     case_summary_result,
@@ -32,6 +40,8 @@ from sectra_adapter._results import (
     failure_result,
     pending_result,
     progress_result,
+    region_frames,
+    slide_frame,
 )
 from sectra_adapter._retry import Backoff
 from sectra_adapter._summary import (
@@ -60,13 +70,16 @@ __all__ = [
     "DownloadError",
     "DownloadedFile",
     "Hotspot",
+    "HotspotReview",
     "MarkerOverlay",
     "MarkerSummary",
     "Overlay",
     "ProgressCallback",
+    "PublishGuard",
     "Region",
     "ResultPublisher",
     "ReusedJob",
+    "ReviewedPatch",
     "RunSummary",
     "SectraAdapter",
     "SectraAuthError",
@@ -78,6 +91,7 @@ __all__ = [
     "UnsafePattern",
     "Urllib3Transport",
     "api_version_at_least",
+    "body_bytes",
     "build_final_result",
     "cancelled_result",
     "case_summary_result",
@@ -87,10 +101,15 @@ __all__ = [
     "check_stain",
     "colour_for",
     "failure_result",
+    "hotspot_review_result",
     "is_token68",
     "normalise_base_url",
     "pending_result",
     "progress_result",
+    "read_review",
+    "region_frames",
+    "reviewed_result",
     "sectra_response_headers",
+    "slide_frame",
     "version_headers",
 ]

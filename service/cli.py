@@ -208,6 +208,26 @@ def runs_export(run_id: str, geojson_file: str) -> None:
     click.echo(f"run {run_id}: {count} features written")
 
 
+@main.command()
+@click.argument("run_id", callback=_checked_run_id)
+@click.option(
+    "--out",
+    default="result.png",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Where to write the PNG.",
+)
+def render(run_id: str, out: str) -> None:
+    """Draw a completed run's result as Sectra holds it on a thumbnail of the slide, as a PNG."""
+    from pathlib import Path
+
+    from service.render_cmd import render_run
+    from workers import runtime
+
+    path = render_run(runtime.context(), run_id, Path(out))
+    click.echo(str(path))
+
+
 @runs.command("cancel")
 @click.argument("run_id", callback=_checked_run_id)
 def runs_cancel(run_id: str) -> None:

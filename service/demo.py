@@ -136,7 +136,7 @@ def run_demo(timeout: float = 60.0) -> int:
             click.echo(
                 f"Webhook answered at once with pending result #{answer['id']}: {answer['displayResult']!r}"
             )
-            return _follow(sectra, started, timeout)
+            return _follow(sectra, started, timeout, workdir / "result.png")
     except Exception as exc:
         click.echo(f"Demo failed: {type(exc).__name__}: {exc}", err=True)
         return 1
@@ -148,7 +148,7 @@ def run_demo(timeout: float = 60.0) -> int:
         runtime.reset()
 
 
-def _follow(sectra: Any, started: float, timeout: float) -> int:
+def _follow(sectra: Any, started: float, timeout: float, picture: Path) -> int:
     from workers import runtime
     from workers.runstore import RunStatus
 
@@ -163,16 +163,20 @@ def _follow(sectra: Any, started: float, timeout: float) -> int:
                 click.echo(line)
                 last = line.split("]", 1)[1]
             if run.status in (RunStatus.completed, RunStatus.failed, RunStatus.cancelled):
-                return _report(sectra, run)
+                return _report(sectra, run, picture)
         time.sleep(0.2)
     click.echo(f"Demo failed: the run did not finish within {timeout:.0f} s", err=True)
     return 1
 
 
-def _report(sectra: Any, run: Any) -> int:
-    results = sectra.get_results(DEMO_APP, DEMO_SLIDE)
+def _report(sectra: Any, run: Any, picture: Path) -> int:
+    every = sectra.get_results(DEMO_APP, DEMO_SLIDE)
+    # One drawn result per run; a hotspot gallery (patchCollection), when the app makes one, is its second.
+    results = [r for r in every if getattr(r.data.result, "type", None) == "primitive"]
     if len(results) != 1:
-        click.echo(f"Demo failed: Sectra holds {len(results)} results for the slide, expected 1", err=True)
+        click.echo(
+            f"Demo failed: Sectra holds {len(results)} drawn results for the slide, expected 1", err=True
+        )
         return 1
     result = results[0]
     click.echo("")
@@ -185,5 +189,15 @@ def _report(sectra: Any, run: Any) -> int:
     if run.status.value != "completed":
         click.echo(f"Demo failed: the run ended {run.status.value}: {run.error or run.message}", err=True)
         return 1
+    from service.render_cmd import render_run
+    from workers import runtime
+
+    try:
+        # As `sectra-bridge render` does it: the results read back from Sectra, the slide streamed from it.
+        render_run(runtime.context(), run.run_id, picture)
+    except click.ClickException as exc:
+        click.echo(f"Demo failed: the result picture could not be drawn: {exc.message}", err=True)
+        return 1
+    click.echo(f"Result picture (the slide with what Sectra holds drawn on it): {picture}")
     click.echo("Demo complete.")
     return 0

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from sectra_client.schemas import ApplicationInfo, InputTemplate, InputType, Registration
+from sectra_client.schemas import (
+    ApplicationInfo,
+    InputTemplate,
+    InputType,
+    Registration,
+    TaggedPolygonInputContent,
+)
 
 from workers.apps import AppConfig
 
@@ -17,8 +23,20 @@ def build_registration(app: AppConfig, url: str) -> Registration:
         displayName=app.display_name,
         manufacturer=app.manufacturer,
         url=url,
-        inputTemplate=InputTemplate(type=InputType.WHOLE_SLIDE),
+        inputTemplate=input_template(app),
     )
+
+
+def input_template(app: AppConfig) -> InputTemplate:
+    """What Sectra asks the pathologist for before invoking the app (`AppConfig.input`).
+
+    A `taggedPolygon` app offers its tags, so the pathologist names the drawn area ("Tumour") and the
+    result can say which tissue its figures are over; the other inputs carry no content.
+    """
+    kind = InputType(app.input)
+    if kind is InputType.TAGGED_POLYGON:
+        return InputTemplate(type=kind, content=TaggedPolygonInputContent(tags=list(app.tags)))
+    return InputTemplate(type=kind)
 
 
 def app_info(app: AppConfig) -> ApplicationInfo:

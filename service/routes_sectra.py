@@ -99,7 +99,10 @@ async def invoke(app_id: str, request: Request) -> JSONResponse:
     if isinstance(invocation, CancelInvocation):
         note = await anyio.to_thread.run_sync(webhook.cancel_sync, state, app, invocation)
     elif isinstance(invocation, ModifyInvocation):
-        note = await anyio.to_thread.run_sync(webhook.modify_sync, state, app, invocation)
+        # A reviewed hotspot gallery is answered with the result Sectra now stores (Sectra's
+        # `ia_app_basic` does the same for every modify); any other modify with a note.
+        answer = await anyio.to_thread.run_sync(webhook.modify_sync, state, app, invocation)
+        return JSONResponse(answer, headers=headers)
     else:
         assert isinstance(invocation, DeleteInvocation)
         note = await anyio.to_thread.run_sync(webhook.delete_sync, state, app, invocation)

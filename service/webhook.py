@@ -9,6 +9,10 @@ with it. If the holder dies, its lease expires and a later copy takes over;
 if Sectra refuses, the run is deleted so no copy is left holding a
 half-created run.
 
+A region app (`input: taggedPolygon` or `multiArea`) takes only that input: the
+drawn region's content is kept in the run as Sectra sent it, and the pending
+result frames it ("Queued") so the pathologist sees where the work will be.
+
 Functions named `*_sync` block (Redis, Sectra) and run in a worker thread.
 """
 
@@ -38,6 +42,7 @@ from workers.dispatch import cancel_strand_job
 from workers.ids import is_run_id
 from workers.observability import RUNS_STARTED, run_context
 from workers.runstore import RunNotFound, RunSource, StepClaim
+from workers.sectra_progress import region_input_frame
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +60,7 @@ async def start_run(
     source: RunSource,
 ) -> dict[str, Any]:
     """The pending result stored in Sectra for this invocation, creating the run if it is new."""
+    check_input(app, invocation)
     # Create, claim and (usually) store the pending result in one worker-thread hop: the common
     # case, a new invocation, ends there.
     run_id, claim, result = await anyio.to_thread.run_sync(
@@ -90,6 +96,26 @@ async def start_run(
             await anyio.sleep(pause)
             pause = min(pause * 2, 0.25)
             claim = await anyio.to_thread.run_sync(_claim_sync, state, run_id)
+
+
+def check_input(app: AppConfig, invocation: CreateInvocation | NewImageFilesInvocation) -> None:
+    """Refuse (422, naming the field) an input the app does not take: a region app needs its region,
+    and a whole-slide app must not quietly analyse the whole slide for a region that was drawn."""
+    given = invocation.input.type.value
+    if given != app.input:
+        raise ApiError(
+            422,
+            "invalid_invocation",
+            f"field 'input.type' must be {app.input!r} for app {app.id!r}; got {given!r}",
+        )
+
+
+def _input_fields(invocation: CreateInvocation | NewImageFilesInvocation) -> dict[str, Any]:
+    """What the run keeps of the input: its type, and a region's content exactly as Sectra sent it."""
+    kind = invocation.input.type.value
+    content = getattr(invocation.input, "content", None)
+    region = content.model_dump(mode="json") if content is not None else None
+    return {"input_type": kind, "region_input": region}
 
 
 def _claim_sync(state: ServiceState, run_id: str) -> StepClaim:
@@ -140,9 +166,14 @@ def _store_pending_sync(
     The worker updates this very result later, so it must be saved before the run is enqueued.
     """
     store = state.store
+    inputs = _input_fields(invocation)
+    # A region is framed where it was drawn; a whole slide's size is not known yet (no frame until then).
+    frame = region_input_frame(inputs["region_input"]) or None
     try:
         with adapter_for(state, invocation.callbackInfo.url, invocation.callbackInfo.token, app.id) as sectra:
-            stored = sectra.create_results(app.id, pending_result(invocation.slideId, app.version))
+            stored = sectra.create_results(
+                app.id, pending_result(invocation.slideId, app.version, frame=frame)
+            )
     except BaseException as exc:
         store.delete(run_id)  # never leave a run without a pending result: a retry starts afresh
         store.release_lease(run_id, PENDING_LEASE, lease)
@@ -161,6 +192,9 @@ def _store_pending_sync(
         sectra_result_id=stored.id,
         sectra_version_id=stored.versionId,
         message=stored.displayResult,
+        # In the write that makes the run visible to workers (the enqueue comes after it), so no
+        # worker ever sees a region run without its region; `create_and_claim` takes no fields.
+        **inputs,
     )
     RUNS_STARTED.labels(app=app.id).inc()
     try:
@@ -208,11 +242,57 @@ def cancel_sync(state: ServiceState, app: AppConfig, invocation: CancelInvocatio
         return "cancellation requested"
 
 
-def modify_sync(state: ServiceState, app: AppConfig, invocation: ModifyInvocation) -> str:
-    run_id = state.store.find(app.id, invocation.slideId, run_token(app, invocation.cancellationToken))
+def modify_sync(state: ServiceState, app: AppConfig, invocation: ModifyInvocation) -> dict[str, Any]:
+    """The answer to `modify`: the stored hotspot gallery after its review, else `{"note": ...}`.
+
+    A modify of a run's gallery (`workers.review`) recomputes the figures without the
+    patches tagged Artefact and answers with the gallery Sectra now stores; any other
+    modify (the pathologist edited a result) only goes into the run's audit trail.
+    """
+    # Imported here so this function's edit stays self-contained; `workers.review` is web-safe.
+    from workers import review as hotspot_review
+
+    store = state.store
+    # The result Sectra names decides for a gallery (its modify need not carry the create's token).
+    run_id = hotspot_review.find_gallery_run(store, app.id, invocation.input.id) or store.find(
+        app.id, invocation.slideId, run_token(app, invocation.cancellationToken)
+    )
     if run_id is None:
         log.info("modify for an unknown run; acknowledged", extra={"app": app.id})
-        return "no run matches this invocation; modification not recorded"
+        return {"note": "no run matches this invocation; modification not recorded"}
+    record = store.get(run_id)
+    if (
+        record is not None
+        and record.review_result_id is not None
+        and record.review_result_id == invocation.input.id
+        and record.slide_id == invocation.slideId
+    ):
+        with run_context(run_id=run_id, app=app.id):
+            try:
+                with adapter_for(
+                    state, invocation.callbackInfo.url, invocation.callbackInfo.token, app.id
+                ) as sectra:
+                    stored = hotspot_review.apply_review(store, app, record, sectra, invocation.input)
+            except hotspot_review.MalformedReview as exc:
+                raise ApiError(422, "malformed_review", str(exc)) from None
+            except hotspot_review.ReviewUnavailable as exc:
+                raise ApiError(409, "review_unavailable", str(exc)) from None
+            except hotspot_review.ReviewBusy as exc:
+                raise ApiError(503, "review_in_progress", str(exc), headers={"Retry-After": "2"}) from None
+            except SectraError as exc:
+                log.warning("could not apply the hotspot review in Sectra", extra={"reason": str(exc)})
+                message = f"could not apply the hotspot review in Sectra: {exc}"
+                status = exc.status_code if isinstance(exc, SectraRequestFailed) else None
+                if isinstance(exc, SectraUnavailable) or (
+                    status is not None and (status >= 500 or status in (408, 409, 429))
+                ):
+                    raise unavailable("sectra_unavailable", message, SECTRA_RETRY_AFTER_SECONDS) from None
+                raise ApiError(502, "sectra_refused", message) from None
+        return stored.model_dump(mode="json")
+    return {"note": _record_modify(state, app, invocation, run_id)}
+
+
+def _record_modify(state: ServiceState, app: AppConfig, invocation: ModifyInvocation, run_id: str) -> str:
     body = invocation.model_dump(mode="json", exclude={"callbackInfo": {"token"}, "cancellationToken": True})
     encoded = json.dumps(body, separators=(",", ":"))
     if len(encoded) > MODIFY_AUDIT_MAX_BYTES:
@@ -243,8 +323,9 @@ def delete_sync(state: ServiceState, app: AppConfig, invocation: DeleteInvocatio
         return "no run matches this result; nothing to delete"
     with run_context(run_id=run_id, app=app.id):
         record = store.get(run_id)
-        if record is not None and record.job_id and not record.is_final:
-            # Nobody will read this job's result: cancel it first so its reservation is refunded.
+        if record is not None and record.job_id and record.reused_job is None and not record.is_final:
+            # Nobody will read this job's result: cancel it first so its reservation is refunded. (A run
+            # that reads an earlier job's results has no job of its own: that job is never cancelled.)
             try:
                 cancel_strand_job(record.job_id)
                 log.info("Strand job cancelled before deleting the run")

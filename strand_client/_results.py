@@ -164,21 +164,38 @@ class MarkerMap:
             return None
         return self._read(self.tissue, y0, y1, x0, x1) != 0
 
-    def block_windows(self, block_bytes: int = BLOCK_BYTES) -> list[tuple[int, int, int, int]]:
+    def block_windows(
+        self, block_bytes: int = BLOCK_BYTES, *, window: tuple[int, int, int, int] | None = None
+    ) -> list[tuple[int, int, int, int]]:
         """(y0, y1, x0, x1) windows covering the map row by row, aligned to whole storage objects.
 
         Each is about `block_bytes` decoded, but never less than one storage
         object: a window that cuts a shard makes zarr fetch its index and then
-        each inner chunk by a separate range request.
+        each inner chunk by a separate range request. `window` (rows y0:y1,
+        columns x0:x1) covers only the storage objects meeting it, widened to
+        whole objects (nothing when it is empty), so a small area of a large
+        map costs the few objects under it.
         """
         obj_h, obj_w = self.storage_block
         target = max(1, int((block_bytes / self.dtype.itemsize) ** 0.5))
         block_h = obj_h * max(1, target // obj_h)
         block_w = obj_w * max(1, target // obj_w)
+        top, bottom, left, right = 0, self.height, 0, self.width
+        if window is not None:
+            y0, y1, x0, x1 = (
+                max(0, window[0]),
+                min(self.height, window[1]),
+                max(0, window[2]),
+                min(self.width, window[3]),
+            )
+            if y0 >= y1 or x0 >= x1:
+                return []
+            top, bottom = y0 // obj_h * obj_h, min(self.height, -(-y1 // obj_h) * obj_h)
+            left, right = x0 // obj_w * obj_w, min(self.width, -(-x1 // obj_w) * obj_w)
         return [
-            (y0, min(y0 + block_h, self.height), x0, min(x0 + block_w, self.width))
-            for y0 in range(0, self.height, block_h)
-            for x0 in range(0, self.width, block_w)
+            (y0, min(y0 + block_h, bottom), x0, min(x0 + block_w, right))
+            for y0 in range(top, bottom, block_h)
+            for x0 in range(left, right, block_w)
         ]
 
     def blocks(self, *, block_bytes: int = BLOCK_BYTES, in_flight: int | None = None) -> Iterator[MapBlock]:
@@ -199,6 +216,7 @@ class MarkerMap:
         block_bytes: int = BLOCK_BYTES,
         in_flight: int | None = None,
         align_rows: int = 1,
+        window: tuple[int, int, int, int] | None = None,
     ) -> Iterator[T]:
         """`work(block)` over the map in `block_windows` order, run on the threads that read the blocks.
 
@@ -209,9 +227,11 @@ class MarkerMap:
         sharded layout each window comes as bands of whole inner-chunk rows
         that end on multiples of `align_rows` (`strand_client._shards.read_bands`;
         whole windows when the shard's height does not allow it): each shard is
-        still fetched once, but no thread holds a decoded window.
+        still fetched once, but no thread holds a decoded window. `window`
+        (map rows y0:y1, columns x0:x1) reads only the storage objects meeting
+        it (`block_windows`); blocks may reach past it to whole objects.
         """
-        windows = self.block_windows(block_bytes)
+        windows = self.block_windows(block_bytes, window=window)
         if not windows:
             return
         band_rows = self._band_rows(align_rows) if work is not _same else None

@@ -86,7 +86,6 @@ class AppConfig(BaseModel):
             raise ValueError("markers must not repeat")
         return cleaned
 
-
     @model_validator(mode="after")
     def _tags_for_tagged_polygons(self) -> AppConfig:
         if self.tags and self.input != "taggedPolygon":
@@ -95,6 +94,9 @@ class AppConfig(BaseModel):
             raise ValueError("input: taggedPolygon needs at least one tag (tags: [...])")
         if len({t.strip() for t in self.tags}) != len(self.tags) or any(not t.strip() for t in self.tags):
             raise ValueError("tags must be non-empty and must not repeat")
+        if self.start_on_new_images and self.input != "wholeSlide":
+            # A new-image notification carries no drawn region, so such an app could never start.
+            raise ValueError(f"start_on_new_images needs input: wholeSlide (this app takes {self.input})")
         return self
 
 

@@ -188,7 +188,7 @@ def slide_geometry(path: Path) -> SlideGeometry:
 def summarise(job: Job, status: JobStatus, app: AppConfig, geometry: SlideGeometry) -> StoredSummary:
     """The job's maps reduced as the pipeline's summary stage reduces them (same call, same words)."""
     with job.results() as results:
-        summaries, missing = summarise_job(
+        summaries, missing, _grids = summarise_job(
             results,
             app.markers,
             threshold=app.positivity_threshold,

@@ -143,3 +143,53 @@ def unconfirmed_submission() -> str:
         "Could not confirm whether the Strand analysis was submitted; it was not submitted again to avoid "
         "paying twice. Your administrator can check and retry"
     )
+
+
+def region_missing() -> str:
+    return "No region was drawn; draw the area to analyse and start the analysis again"
+
+
+def region_unreadable() -> str:
+    return "The drawn region could not be read from Sectra's request"
+
+
+def region_too_many(limit: int) -> str:
+    return f"At most {limit} regions can be analysed at once; draw fewer regions"
+
+
+def region_too_many_points(limit: int) -> str:
+    return f"The drawn regions have more than {limit} points in all; draw them with fewer points"
+
+
+def region_not_a_number() -> str:
+    return "The drawn region has a point without a valid position"
+
+
+def region_too_few_points() -> str:
+    return "The drawn region needs at least three points"
+
+
+def region_no_area() -> str:
+    return "The drawn region encloses no area"
+
+
+def region_outside_slide() -> str:
+    return "The drawn region lies outside the slide"
+
+
+def region_no_tissue() -> str:
+    return "The drawn region holds no tissue"
+
+
+def review_all_artefact() -> str:
+    return (
+        "Every hotspot was tagged Artefact, so the figures were not recomputed (nothing would be left to "
+        "measure them against). Tag only the patches that are artefacts, then recompute."
+    )
+
+
+def review_nothing_left() -> str:
+    return (
+        "Every hotspot was tagged as artefact and together they cover all of the analysed tissue, "
+        "so there is nothing left to recompute the figures from. The figures before the review stand."
+    )

@@ -115,3 +115,8 @@ EXTERNAL_CALLS = Counter(
     "bridge_external_calls_total", "Outbound calls by service and outcome", ["service", "outcome"]
 )
 QUEUE_DEPTH = Gauge("bridge_queue_depth", "Tasks waiting in the Celery queue")
+HOTSPOT_REVIEWS = Counter(
+    "bridge_hotspot_reviews_total",
+    "Hotspot patches the pathologist kept (Agree) or rejected (Artefact); a repeated verdict counts once",
+    ["app", "verdict"],
+)

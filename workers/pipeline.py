@@ -10,6 +10,11 @@ own retries gave up, a bounded number of times.
 The pipeline, not the stages, decides what a stage needs first: a run resumed
 on a pod that lacks its slide files fetches and de-identifies again before the
 stage it is in (stages never call each other).
+
+One stage may name a different next status: `downloading` returns `summarising`
+when the run reads an earlier Strand job's results (`workers.reuse`; the state
+machine allows that one shortcut). Such a run has no job of its own, so failing
+or cancelling it never cancels the earlier job it read.
 """
 
 from __future__ import annotations
@@ -107,7 +112,9 @@ def _step(ctx: PipelineContext, record: RunRecord) -> float | None:
             return _wait(ctx, record)
         record = _prepare_inputs(ctx, record)
         stage, next_status = _STAGES[record.status]
-        stage(ctx, record)
+        outcome = stage(ctx, record)
+        if isinstance(outcome, RunStatus):
+            next_status = outcome  # results reuse: straight to `summarising`
     finally:
         STAGE_SECONDS.labels(stage=record.status.value).observe(time.monotonic() - started)
     if next_status == RunStatus.completed:
@@ -230,7 +237,7 @@ def _post_final(ctx: PipelineContext, record: RunRecord, message: str, *, cancel
 
 def _fail(ctx: PipelineContext, record: RunRecord, message: str, *, refundable: bool = True) -> None:
     """Fail the run. Its files stay for `runs retry`; the janitor removes the originals after retention."""
-    if refundable and record.job_id:
+    if refundable and record.job_id and record.reused_job is None:
         try:
             _cancel_strand_job(ctx, record)
         except Exception as exc:  # the failure is what the pathologist must read; the refund is logged
@@ -268,7 +275,8 @@ def _cancel_strand_job(ctx: PipelineContext, record: RunRecord) -> tuple[int | N
 def _finish_cancelled(ctx: PipelineContext, record: RunRecord) -> None:
     refunded: int | None = None
     known = True
-    if record.job_id and record.status in (RunStatus.submitting, RunStatus.waiting):
+    own_job = record.job_id and record.reused_job is None
+    if own_job and record.status in (RunStatus.submitting, RunStatus.waiting):
         try:
             refunded, known = _cancel_strand_job(ctx, record)
         except Exception as exc:

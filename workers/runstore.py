@@ -61,7 +61,7 @@ _IDENTITY_FIELDS = frozenset({"run_id", "app_id", "slide_id", "cancellation_toke
 _BLOB_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 BLOB_MAX_BYTES = 8 * 1024 * 1024  # a grid or a thumbnail is far smaller; this bounds a bug's damage
 GRIDS_BLOB = "grids.bin"  # every marker's `workers.grid.DensityGrid`, written by the summary stage
-THUMBNAIL_BLOB = "thumbnail.png"  # the result drawn on the slide, written at publish (`workers.render`)
+THUMBNAIL_BLOB = "thumbnail.jpg"  # the result drawn on the slide, written at publish (`workers.render`)
 _SECRET_KEY = re.compile(r"(?i)token|secret|password|authori[sz]ation|api[_-]?key|cookie")
 
 
@@ -576,6 +576,10 @@ class RunStore:
             for name in blob_names:
                 if _BLOB_NAME.fullmatch(name):
                     pipe.delete(self._blob_key(run_id, name))
+            # The hotspot gallery's keys (`workers.review`): its id -> run index and its create intent.
+            pipe.delete(f"{self._prefix}:review-intent:{run_id}")
+            if record.review_result_id is not None:
+                pipe.hdel(f"{self._prefix}:review-result:{int(record.review_result_id)}", record.app_id)
             if record.sectra_result_id is not None:
                 pipe.hdel(self._result_key(record.sectra_result_id), json.dumps(record.app_id))
             for index in (
@@ -732,20 +736,25 @@ class RunStore:
             raise ValueError(f"not a blob name: must match {_BLOB_NAME.pattern}")
         return f"{self._record_key(run_id)}:blob:{name}"
 
-    def put_blob(self, run_id: str, name: str, data: bytes) -> None:
-        """Keep `data` beside the run (a density grid, a thumbnail), for as long as the run is kept.
+    def put_blob(self, run_id: str, name: str, data: bytes, *, ttl_seconds: int | None = None) -> None:
+        """Keep `data` beside the run (a density grid, a thumbnail), at most as long as the run is kept.
 
         Blobs are bytes the record should not carry (every record read would pay for them);
-        `delete` removes them with the run, and they expire with it.
+        `delete` removes them with the run, and they expire with it, or sooner (`ttl_seconds`).
         """
         if len(data) > BLOB_MAX_BYTES:
             raise ValueError(f"blob {name!r} is {len(data)} bytes; at most {BLOB_MAX_BYTES} are kept")
         key = self._blob_key(run_id, name)
+        ttl = self._ttl if ttl_seconds is None else max(1, min(ttl_seconds, self._ttl))
         with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(key, data, ex=self._ttl)
+            pipe.set(key, data, ex=ttl)
             pipe.sadd(self._blobs_key(run_id), name)
             pipe.expire(self._blobs_key(run_id), self._ttl)
             pipe.execute()
+
+    def has_blob(self, run_id: str, name: str) -> bool:
+        """Whether the run has that blob, without reading it."""
+        return is_run_id(run_id) and bool(self._redis.exists(self._blob_key(run_id, name)))
 
     def get_blob(self, run_id: str, name: str) -> bytes | None:
         """The blob, or None when the run has none of that name (or is not a run id)."""
@@ -772,8 +781,9 @@ class RunStore:
         )
         return None if reply is None else _text(reply)
 
-    def events(self, run_id: str) -> list[dict[str, Any]]:
-        if not is_run_id(run_id):
+    def events(self, run_id: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """The run's audit trail, oldest first; at most its first `limit` entries when given."""
+        if not is_run_id(run_id) or (limit is not None and limit <= 0):
             return []
         key = self._events_key(run_id)
         out: list[dict[str, Any]] = []
@@ -781,7 +791,8 @@ class RunStore:
         while True:
             # Paged: one 10 000-entry reply is parsed in C, holding the GIL (so every thread of the
             # web process, its event loop included) for ~100 ms; a page takes a few.
-            entries = self._redis.xrange(key, min=start, count=_EVENTS_PAGE) or []
+            page = _EVENTS_PAGE if limit is None else min(_EVENTS_PAGE, limit - len(out))
+            entries = self._redis.xrange(key, min=start, count=page) or []
             for entry_id, raw in entries:
                 values = {_text(k): _text(v) for k, v in (raw or {}).items()}
                 out.append(
@@ -792,7 +803,7 @@ class RunStore:
                         "data": _event_data(values.get("data", "{}")),
                     }
                 )
-            if len(entries) < _EVENTS_PAGE:
+            if len(entries) < page or (limit is not None and len(out) >= limit):
                 return out
             millis, _, seq = _text(entries[-1][0]).partition("-")
             start = f"{millis}-{int(seq) + 1}"  # just after the last entry (XRANGE is inclusive)

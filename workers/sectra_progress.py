@@ -8,17 +8,68 @@ throttled to a few seconds.
 from __future__ import annotations
 
 import logging
+import math
 import time
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from sectra_adapter import ResultPublisher, SectraAdapter
+from sectra_adapter import ResultPublisher, SectraAdapter, slide_frame
 from workers.context import PipelineContext
+from workers.result_guard import RunResultGuard
 from workers.runstore import RunRecord
 
 log = logging.getLogger(__name__)
 
+Frame = list[list[tuple[float, float]]]  # rings in Sectra's coordinates (normalised by slide width)
+# A frame is a courtesy drawing; a region with more corners than this is framed by the final result only.
+MAX_FRAME_POINTS = 10_000
+
+
+def region_input_frame(content: Mapping[str, Any] | None) -> Frame:
+    """The drawn region(s) of an invocation's `content` as rings, exactly where Sectra put them.
+
+    Sectra sends them normalised by the slide's width already, so they can be framed before the
+    slide's size is known (the pending result). Rings with fewer than three usable points are left
+    out: the run itself refuses such a region in plain words.
+    """
+    if not content:
+        return []
+    polygons: Sequence[Any] = content.get("polygons") or (
+        [content["polygon"]] if content.get("polygon") else []
+    )
+    rings: Frame = []
+    total = 0
+    for polygon in polygons:
+        points = polygon.get("points") if isinstance(polygon, Mapping) else None
+        ring = []
+        for point in points or []:
+            try:
+                x, y = float(point["x"]), float(point["y"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            if math.isfinite(x) and math.isfinite(y):
+                ring.append((x, y))
+        total += len(ring)
+        if len(set(ring)) >= 3:
+            rings.append(ring)
+    return rings if total <= MAX_FRAME_POINTS else []
+
+
+def frame_for(record: RunRecord) -> Frame | None:
+    """Where the work is under way: the drawn regions, else the whole slide once its size is known."""
+    if record.input_type != "wholeSlide":
+        return region_input_frame(record.region_input) or None
+    if record.slide_width and record.slide_height:
+        return slide_frame(record.slide_width, record.slide_height)
+    return None
+
 
 def publisher_for(ctx: PipelineContext, record: RunRecord, sectra: SectraAdapter) -> ResultPublisher:
-    """The run's single Sectra result, resumed from the ids the run store remembers."""
+    """The run's single Sectra result, resumed from the ids the run store remembers.
+
+    Its progress updates frame the analysed area (`frame_for`), so "Strand: running 40 %" sits on
+    the slide or on the drawn region.
+    """
     app = ctx.app(record)
     return ResultPublisher(
         sectra,
@@ -28,6 +79,8 @@ def publisher_for(ctx: PipelineContext, record: RunRecord, sectra: SectraAdapter
         result_id=record.sectra_result_id,
         version_id=record.sectra_version_id,
         min_interval=ctx.progress_interval,
+        guard=RunResultGuard(ctx.store, record.run_id),
+        frame=frame_for(record),
     )
 
 

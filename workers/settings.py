@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     public_url: str | None = Field(default=None, alias="BRIDGE_PUBLIC_URL")
     # Strand credits the whole bridge may reserve per UTC day, all apps together (`workers.quotas`).
     daily_credit_limit: int | None = Field(default=None, alias="BRIDGE_DAILY_CREDIT_LIMIT", ge=0)
+    # How long a finished Strand job's results are read again instead of a new job (`workers.reuse`):
+    # every region run, and whole-slide runs of apps with `reuse_results: true`. 0 = never reuse.
+    results_reuse_days: float = Field(default=7.0, alias="BRIDGE_RESULTS_REUSE_DAYS", ge=0)
     # HTTP limits of `sectra-bridge serve` (service/server.py; README "HTTP limits" gives the reasons).
     http_max_header_bytes: int = Field(default=64 * 1024, alias="BRIDGE_HTTP_MAX_HEADER_BYTES", ge=1024)
     http_header_timeout_seconds: float = Field(default=10.0, alias="BRIDGE_HTTP_HEADER_TIMEOUT_SECONDS", gt=0)

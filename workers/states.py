@@ -42,6 +42,10 @@ WORKING_ORDER: tuple[RunStatus, ...] = (
 )
 FINAL_STATES = frozenset({RunStatus.completed, RunStatus.failed, RunStatus.cancelled})
 WORKING_STATES = frozenset(WORKING_ORDER)
+# The one step off the happy path: a run that reads an earlier Strand job's results of the same slide
+# (`workers.reuse`) goes from `downloading` (where it learnt the slide's size and found the job) straight
+# to `summarising`; it has nothing to de-identify, upload, submit or wait for. Nothing else may skip.
+REUSE_SHORTCUT: tuple[RunStatus, RunStatus] = (RunStatus.downloading, RunStatus.summarising)
 
 
 class IllegalTransition(ValueError):
@@ -74,6 +78,8 @@ def allowed_sources(target: RunStatus, *, retry: bool = False) -> frozenset[RunS
         index = WORKING_ORDER.index(target)
         if index > 0:
             sources.add(WORKING_ORDER[index - 1])
+        if target is REUSE_SHORTCUT[1]:
+            sources.add(REUSE_SHORTCUT[0])
         if retry:
             # Operator re-drive: a failed run restarts at whichever stage the operator picks.
             sources.add(RunStatus.failed)

@@ -22,26 +22,50 @@ Definitions (the results contract in DESIGN.md):
 - hotspots are windows of `hotspot_window_um` (in slide microns) ranked by
   positive pixels per window area, sliding in quarter-window steps from the
   first map pixel over the slide, non-overlapping, reported as level-0
-  slide-pixel boxes.
+  slide-pixel boxes;
+- drawn regions (`workers.regions`): only tissue whose map-pixel centre lies
+  inside a region counts, every figure above included; the hotspot grid is
+  the whole-slide grid's cells that meet the regions' bounding box (the same
+  cells a whole-slide run has there), and only the map blocks under those
+  cells are read. Each region also gets its own positive fraction and areas.
+  A region holding no tissue gets a positive fraction of NaN ("no tissue",
+  not 0 %) and areas of 0; when none of them holds any, the summary is
+  refused with `messages.region_no_tissue()`.
+
+The per-cell counts (and value sums) of the hotspot grid are also returned as
+a `workers.grid.DensityGrid`, what density bands and a hotspot review work
+from without reading the maps again.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from sectra_adapter import Hotspot, MarkerSummary
+from sectra_adapter import AreaFigures, Hotspot, MarkerSummary, Region
 from strand_client import BLOCK_BYTES, JobResults, MapBlock, MarkerMap, ResultsError, SlideGeometry
+from workers import messages
+from workers.grid import DensityGrid
+from workers.regions import RegionRaster
 
 _FLOAT_BINS = 65536
 _HOTSPOT_STEPS = 4  # windows slide by a quarter of their side
 _MAX_GRID_SIDE = 4096  # hotspot grid cells per axis, whatever the window: keeps the grid small
 _PERCENTILES = (50, 90, 99)
 _STRIP_ROWS = 128  # rows of a block folded in at once; <= 255, so a strip's per-column counts fit uint8
+
+
+class RegionWithoutTissue(ResultsError):
+    """None of the drawn regions holds tissue of this marker's map (the message says so in plain words)."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__(messages.region_no_tissue(), marker=marker)
 
 
 def summarise_marker(
@@ -55,8 +79,38 @@ def summarise_marker(
     top_hotspots: int = 5,
     hotspot_window_um: float = 500.0,
     block_bytes: int = BLOCK_BYTES,
+    regions: Sequence[Region] = (),
 ) -> MarkerSummary:
-    """One marker's summary over tissue, reading the map once, block by block.
+    """One marker's summary (see `summarise_marker_with_grid`)."""
+    summary, _ = summarise_marker_with_grid(
+        marker_map,
+        threshold=threshold,
+        slide_width=slide_width,
+        slide_height=slide_height,
+        microns_per_pixel=microns_per_pixel,
+        root_microns_per_pixel=root_microns_per_pixel,
+        top_hotspots=top_hotspots,
+        hotspot_window_um=hotspot_window_um,
+        block_bytes=block_bytes,
+        regions=regions,
+    )
+    return summary
+
+
+def summarise_marker_with_grid(
+    marker_map: MarkerMap,
+    *,
+    threshold: float,
+    slide_width: int,
+    slide_height: int,
+    microns_per_pixel: float,
+    root_microns_per_pixel: float | None = None,
+    top_hotspots: int = 5,
+    hotspot_window_um: float = 500.0,
+    block_bytes: int = BLOCK_BYTES,
+    regions: Sequence[Region] = (),
+) -> tuple[MarkerSummary, DensityGrid]:
+    """One marker's summary over tissue, and its density grid, reading the map once, block by block.
 
     Where the map lies on the slide comes from `MarkerMap.slide_geometry`: the
     map's OME-NGFF `coordinateTransformations` in its axes' units, else the
@@ -69,6 +123,12 @@ def summarise_marker(
     everything else still holds. Raises `ResultsError` naming the marker when
     the map cannot be read or has no tissue at all. `block_bytes` trades
     memory for fewer, larger reads.
+
+    With `regions` (level-0 slide pixels, from `workers.regions`) only tissue
+    inside them counts and only the blocks under them are read; the summary's
+    `regions` holds one `AreaFigures` per region, in order, and its other
+    figures are over all regions together. Raises `RegionWithoutTissue` (a
+    `ResultsError`) when none of them holds tissue.
     """
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be within [0, 1], not {threshold}")
@@ -76,7 +136,11 @@ def summarise_marker(
     geometry = marker_map.slide_geometry(
         slide_mpp=microns_per_pixel, slide_size=slide, root_mpp=root_microns_per_pixel
     )
-    stats = _read_pass(marker_map, threshold, geometry, slide, hotspot_window_um, block_bytes)
+    read = functools.partial(
+        _read_pass, marker_map, threshold, slide=slide, window_um=hotspot_window_um,
+        block_bytes=block_bytes, regions=regions,
+    )  # fmt: skip
+    stats = read(geometry)
     if geometry.padded and stats.beyond_slide:
         # Taken for padding, the excess holds data: the metadata is wrong after all. A second read,
         # only on this rare path, keeps the first one to fixed-size accumulators.
@@ -86,23 +150,30 @@ def summarise_marker(
             root_mpp=root_microns_per_pixel,
             data_beyond_slide=True,
         )
-        stats = _read_pass(marker_map, threshold, geometry, slide, hotspot_window_um, block_bytes)
-    return stats.summary(top_hotspots, slide_width, slide_height)
+        stats = read(geometry)
+    return stats.summary(top_hotspots, slide_width, slide_height), stats.grid()
 
 
 def _read_pass(
     marker_map: MarkerMap,
     threshold: float,
     geometry: SlideGeometry,
+    *,
     slide: tuple[int, int],
     window_um: float,
     block_bytes: int,
+    regions: Sequence[Region],
 ) -> _Accumulator:
     window = geometry.slide_window((marker_map.height, marker_map.width), slide)
-    stats = _Accumulator(marker_map, threshold, geometry, window, window_um)
+    raster = RegionRaster(regions, scale=geometry.scale, offset=geometry.offset) if regions else None
+    stats = _Accumulator(marker_map, threshold, geometry, window, window_um, raster)
+    # Only the blocks under the analysed area; all of them when padding must be checked for data.
+    read_window = None if raster is None or geometry.padded else stats.area
     # Each block is measured on the thread that read it; the parts are folded in block order,
     # so the result does not depend on how many threads there were.
-    for part in marker_map.map_blocks(stats.measure, block_bytes=block_bytes, align_rows=_STRIP_ROWS):
+    for part in marker_map.map_blocks(
+        stats.measure, block_bytes=block_bytes, align_rows=_STRIP_ROWS, window=read_window
+    ):
         stats.fold(part)
     return stats
 
@@ -119,34 +190,49 @@ def summarise_job(
     top_hotspots: int = 5,
     hotspot_window_um: float = 500.0,
     level: int = 0,
-) -> tuple[list[MarkerSummary], dict[str, str]]:
-    """Summaries of the markers that can be read, and `{marker: reason}` in plain words for the rest.
+    regions: Sequence[Region] = (),
+) -> tuple[list[MarkerSummary], dict[str, str], dict[str, DensityGrid]]:
+    """Summaries of the markers that can be read, `{marker: reason}` in plain words for the rest, and
+    `{marker: density grid}` of the summarised ones.
 
     Only problems with the results themselves (absent, malformed, undecodable)
     make a marker "missing"; connection and server errors propagate so the
-    caller's retry machinery can try the whole step again.
+    caller's retry machinery can try the whole step again. With `regions`,
+    a marker with no tissue inside them is missing for that reason, and when
+    no marker is left and one was for that reason, `RegionWithoutTissue` is
+    raised: the run has nothing to show (DESIGN: a region covering no tissue
+    gets a result in plain words, no figures).
     """
     if root_microns_per_pixel is None:
         root_microns_per_pixel = results.microns_per_pixel()
     summaries: list[MarkerSummary] = []
     missing: dict[str, str] = {}
+    grids: dict[str, DensityGrid] = {}
+    without_tissue: RegionWithoutTissue | None = None
     for marker in markers:
         try:
-            summaries.append(
-                summarise_marker(
-                    results.open_marker(marker, level),
-                    threshold=threshold,
-                    slide_width=slide_width,
-                    slide_height=slide_height,
-                    microns_per_pixel=microns_per_pixel,
-                    root_microns_per_pixel=root_microns_per_pixel,
-                    top_hotspots=top_hotspots,
-                    hotspot_window_um=hotspot_window_um,
-                )
+            summary, grid = summarise_marker_with_grid(
+                results.open_marker(marker, level),
+                threshold=threshold,
+                slide_width=slide_width,
+                slide_height=slide_height,
+                microns_per_pixel=microns_per_pixel,
+                root_microns_per_pixel=root_microns_per_pixel,
+                top_hotspots=top_hotspots,
+                hotspot_window_um=hotspot_window_um,
+                regions=regions,
             )
+        except RegionWithoutTissue as exc:
+            without_tissue = exc
+            missing[marker] = exc.message
         except ResultsError as exc:
             missing[marker] = exc.message
-    return summaries, missing
+        else:
+            summaries.append(summary)
+            grids[marker] = grid
+    if without_tissue is not None and not summaries:
+        raise without_tissue
+    return summaries, missing, grids
 
 
 @dataclass
@@ -158,17 +244,24 @@ class _Part:
     tissue_px: int = 0
     positive_px: int = 0
     beyond_slide: int = 0
-    # Per strip: its first grid cell (row, column) and its per-cell counts of positive and tissue pixels.
-    cells: list[tuple[int, int, np.ndarray, np.ndarray]] = field(default_factory=list)
+    # Per strip: its first grid cell (row, column), its per-cell counts of positive and tissue pixels
+    # and its per-cell sums of values over tissue (stored integers for exact-count maps).
+    cells: list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    # Per drawn region (index): its tissue and positive pixels in this block.
+    region_tissue: dict[int, int] = field(default_factory=dict)
+    region_positive: dict[int, int] = field(default_factory=dict)
 
 
 class _Accumulator:
     """Everything the summary needs, folded in one block at a time; size independent of the map.
 
     Only the map pixels over the slide (`window`: rows r0:r1, columns c0:c1)
-    are counted; the hotspot grid starts at (r0, c0). `measure` only reads
-    the settings fixed here, so blocks may be measured on several threads;
-    `fold` adds their parts in, in block order.
+    are counted; the hotspot grid's cells start at (r0, c0). With regions
+    (`raster`), only the cells meeting their bounding box are kept (`area`,
+    a whole number of those cells, cut at the slide window's edge) and only
+    pixels inside a region count. `measure` only reads the settings fixed
+    here, so blocks may be measured on several threads; `fold` adds their
+    parts in, in block order.
     """
 
     def __init__(
@@ -178,9 +271,11 @@ class _Accumulator:
         geometry: SlideGeometry,
         window: tuple[int, int, int, int],
         window_um: float,
+        raster: RegionRaster | None = None,
     ) -> None:
         self.map = marker_map
         self.geometry = geometry
+        self.raster = raster
         self.r0, self.r1, self.c0, self.c1 = window
         dtype = marker_map.dtype
         self.exact_counts = dtype.kind in "uib" and dtype.itemsize <= 2
@@ -195,27 +290,47 @@ class _Accumulator:
         self.tissue_px = 0
         self.positive_px = 0
         self.beyond_slide = 0  # stored values past the slide's edge; only counted for a padded geometry
-        self.rows, self.cols = max(0, self.r1 - self.r0), max(0, self.c1 - self.c0)
+        slide_rows, slide_cols = max(0, self.r1 - self.r0), max(0, self.c1 - self.c0)
         self.cell_h, self.window_cells_y = _cells(
-            window_um, geometry.pixel_um[0], geometry.scale[0], max(1, self.rows)
+            window_um, geometry.pixel_um[0], geometry.scale[0], max(1, slide_rows)
         )
         self.cell_w, self.window_cells_x = _cells(
-            window_um, geometry.pixel_um[1], geometry.scale[1], max(1, self.cols)
+            window_um, geometry.pixel_um[1], geometry.scale[1], max(1, slide_cols)
         )
+        self.area = window if raster is None else self._region_area(raster)
+        self.ar0, self.ar1, self.ac0, self.ac1 = self.area
+        self.rows, self.cols = max(0, self.ar1 - self.ar0), max(0, self.ac1 - self.ac0)
         grid_shape = (-(-self.rows // self.cell_h), -(-self.cols // self.cell_w))
         self.positive_grid = np.zeros(grid_shape, dtype=np.int64)
         self.tissue_grid = np.zeros(grid_shape, dtype=np.int64)
+        self.sum_grid = np.zeros(grid_shape, dtype=np.int64 if self.exact_counts else np.float64)
+        regions = len(raster) if raster is not None else 0
+        self.region_tissue = [0] * regions
+        self.region_positive = [0] * regions
+
+    def _region_area(self, raster: RegionRaster) -> tuple[int, int, int, int]:
+        """The slide window's grid cells that hold map pixels whose centres may lie in a region."""
+        top, bottom, left, right = raster.map_window((self.r0, self.r1, self.c0, self.c1))
+        if top >= bottom or left >= right:
+            return self.r0, self.r0, self.c0, self.c0
+        top = self.r0 + (top - self.r0) // self.cell_h * self.cell_h
+        bottom = min(self.r1, self.r0 + -(-(bottom - self.r0) // self.cell_h) * self.cell_h)
+        left = self.c0 + (left - self.c0) // self.cell_w * self.cell_w
+        right = min(self.c1, self.c0 + -(-(right - self.c0) // self.cell_w) * self.cell_w)
+        return top, bottom, left, right
 
     def measure(self, block: MapBlock) -> _Part:
         """One block's part over the slide, a strip of rows at a time (temporaries stay a few MiB)."""
         part = _Part(np.zeros(self.bins, dtype=np.int64))
         h, w = block.values.shape
-        top, bottom = max(self.r0, block.y0), min(self.r1, block.y0 + h)
-        left, right = max(self.c0, block.x0), min(self.c1, block.x0 + w)
         if self.geometry.padded:
+            top, bottom = max(self.r0, block.y0), min(self.r1, block.y0 + h)
+            left, right = max(self.c0, block.x0), min(self.c1, block.x0 + w)
             part.beyond_slide = self._data_count(block) - (
                 self._data_count(block, top, bottom, left, right) if top < bottom and left < right else 0
             )
+        top, bottom = max(self.ar0, block.y0), min(self.ar1, block.y0 + h)
+        left, right = max(self.ac0, block.x0), min(self.ac1, block.x0 + w)
         if top >= bottom or left >= right:
             return part
         cols = slice(left - block.x0, right - block.x0)
@@ -229,8 +344,8 @@ class _Accumulator:
                 part,
                 block.values[rows, cols],
                 None if block.tissue is None else block.tissue[rows, cols],
-                y - self.r0,
-                left - self.c0,
+                y - self.ar0,
+                left - self.ac0,
             )
             y = end
         return part
@@ -242,9 +357,15 @@ class _Accumulator:
         self.tissue_px += part.tissue_px
         self.positive_px += part.positive_px
         self.beyond_slide += part.beyond_slide
-        for row, col, positive, tissue in part.cells:
-            self.positive_grid[row : row + positive.shape[0], col : col + positive.shape[1]] += positive
-            self.tissue_grid[row : row + tissue.shape[0], col : col + tissue.shape[1]] += tissue
+        for row, col, positive, tissue, sums in part.cells:
+            cells = (slice(row, row + positive.shape[0]), slice(col, col + positive.shape[1]))
+            self.positive_grid[cells] += positive
+            self.tissue_grid[cells] += tissue
+            self.sum_grid[cells] += sums
+        for index, count in part.region_tissue.items():
+            self.region_tissue[index] += count
+        for index, count in part.region_positive.items():
+            self.region_positive[index] += count
 
     def _data_count(
         self, block: MapBlock, top: int | None = None, bottom: int = 0, left: int = 0, right: int = 0
@@ -262,36 +383,70 @@ class _Accumulator:
         return int(np.count_nonzero(data))
 
     def _add(self, part: _Part, values: np.ndarray, node: np.ndarray | None, y0: int, x0: int) -> None:
+        """Fold in one strip whose corner is (y0, x0) from the analysed area's corner."""
+        inside: np.ndarray | None = None
+        own: list[tuple[int, np.ndarray]] = []
+        if self.raster is not None:
+            top, left = self.ar0 + y0, self.ac0 + x0
+            inside, own = self.raster.masks(top, top + values.shape[0], left, left + values.shape[1])
         if not self.exact_counts and values.dtype.kind != "f":
             values = values.astype(np.float64) / self.map.value_max
         if values.dtype.kind == "f":
             tissue = ~np.isnan(values)
             if node is not None:
                 tissue &= node
+            if inside is not None:
+                tissue &= inside
             positive = values >= self.cutoff
-            positive &= tissue  # NaN already compares False; this drops pixels outside a tissue node
+            if node is not None or inside is not None:
+                positive &= tissue  # NaN already compares False; this drops pixels outside node or region
             in_tissue = values[tissue]
             part.sums.append(float(in_tissue.sum(dtype=np.float64)))
-            bins = np.clip(in_tissue, 0.0, 1.0, out=in_tissue)
-            bins *= _FLOAT_BINS
-            # min(trunc(v), last) == trunc(min(v, last)) for v >= 0; the bin numbers fit uint16.
-            np.minimum(bins, _FLOAT_BINS - 1, out=bins)
+            # Bin trunc(clip(v, 0, 1) * 65536) capped at the last bin, as trunc(clip(v * 65536, 0, last)):
+            # scaling by a power of two is exact, so both give the same bin. The numbers fit uint16.
+            bins = np.multiply(in_tissue, _FLOAT_BINS, out=in_tissue)
+            np.clip(bins, 0.0, _FLOAT_BINS - 1, out=bins)
             indexes = bins.astype(np.uint16)
+            where: np.ndarray | None = tissue
         else:
-            tissue = node if node is not None else np.ones(values.shape, dtype=bool)
+            if node is not None and inside is not None:
+                tissue = node & inside
+            elif inside is not None:
+                tissue = inside
+            else:
+                tissue = node if node is not None else np.ones(values.shape, dtype=bool)
             positive = values >= self.cutoff if self.cutoff <= self.map.value_max else np.zeros_like(tissue)
-            if node is not None:
+            if node is not None or inside is not None:
                 positive &= tissue
                 indexes = values[tissue]
+                where = tissue
             else:
                 indexes = values.ravel()
+                where = None
             if values.dtype.kind == "i":
                 indexes = np.maximum(indexes, 0)
+                values = np.maximum(values, 0)
         part.histogram += np.bincount(indexes, minlength=self.bins)[: self.bins]
-        part.tissue_px += int(np.count_nonzero(tissue))
-        part.positive_px += int(np.count_nonzero(positive))
-        positive_cells, tissue_cells = self._cell_counts(positive, y0, x0), self._cell_counts(tissue, y0, x0)
-        part.cells.append((y0 // self.cell_h, x0 // self.cell_w, positive_cells, tissue_cells))
+        strip_tissue, strip_positive = int(np.count_nonzero(tissue)), int(np.count_nonzero(positive))
+        part.tissue_px += strip_tissue
+        part.positive_px += strip_positive
+        for index, mask in own:
+            if len(own) == 1:  # the strip meets one region: its mask is the union's, counted above
+                region_tissue, region_positive = strip_tissue, strip_positive
+            else:
+                region_tissue = int(np.count_nonzero(tissue & mask))
+                region_positive = int(np.count_nonzero(positive & mask))
+            part.region_tissue[index] = part.region_tissue.get(index, 0) + region_tissue
+            part.region_positive[index] = part.region_positive.get(index, 0) + region_positive
+        part.cells.append(
+            (
+                y0 // self.cell_h,
+                x0 // self.cell_w,
+                self._cell_counts(positive, y0, x0),
+                self._cell_counts(tissue, y0, x0),
+                self._cell_sums(values, where, y0, x0),
+            )
+        )
 
     def _cell_counts(self, mask: np.ndarray, y0: int, x0: int) -> np.ndarray:
         """Per-cell counts of a strip's `mask` whose corner is (y0, x0) (strips need not align to cells).
@@ -306,11 +461,50 @@ class _Accumulator:
         )
         return np.add.reduceat(per_row, _cuts(x0, mask.shape[1], self.cell_w), axis=1, dtype=np.int64)
 
+    def _cell_sums(self, values: np.ndarray, tissue: np.ndarray | None, y0: int, x0: int) -> np.ndarray:
+        """Per-cell sums of a strip's values over `tissue` (None: every pixel).
+
+        Stored integers (of at most 16 bits) are summed exactly: zeroed outside
+        tissue by a multiplication, down each column of the strip (at most 255
+        rows) in 16 or 32 bits, then in int64. Float values are summed down
+        each column in the map's own float type (at most 255 values, so
+        float32 keeps about six digits, plenty for drawing and for a mean
+        shown to three), then across columns and strips in float64. Either
+        way a whole-slide run pays about one pass over the strip.
+        """
+        wide = np.int64 if self.exact_counts else np.float64
+        column: Any = values.dtype
+        where: Any = True
+        if self.exact_counts:
+            if tissue is not None:
+                values = values * tissue  # same dtype; a masked reduction of integers is ten times slower
+            signed = values.dtype.kind == "i"
+            if values.dtype.itemsize == 1:
+                column = np.int16 if signed else np.uint16
+            else:
+                column = np.int32 if signed else np.uint32
+        elif tissue is not None:
+            where = tissue
+        row_cuts = [*_cuts(y0, values.shape[0], self.cell_h).tolist(), values.shape[0]]
+        per_row = np.stack(
+            [
+                np.add.reduce(values[a:b], axis=0, dtype=column, where=where if where is True else where[a:b])
+                for a, b in itertools.pairwise(row_cuts)
+            ]
+        )
+        return np.add.reduceat(per_row, _cuts(x0, values.shape[1], self.cell_w), axis=1, dtype=wide)
+
+    @property
+    def pixel_mm2(self) -> float:
+        return self.geometry.pixel_um[0] * self.geometry.pixel_um[1] / 1e6
+
     def summary(self, top: int, slide_width: int, slide_height: int) -> MarkerSummary:
         name = self.map.name
         if self.tissue_px == 0:
+            if self.raster is not None:
+                raise RegionWithoutTissue(name)
             raise ResultsError(f"Marker {name}: the map has no tissue pixels to summarise", marker=name)
-        pixel_mm2 = self.geometry.pixel_um[0] * self.geometry.pixel_um[1] / 1e6
+        pixel_mm2 = self.pixel_mm2
         if self.exact_counts:
             levels = np.arange(self.bins, dtype=np.float64)
             mean = float(self.histogram @ levels) / self.tissue_px / self.map.value_max
@@ -334,6 +528,29 @@ class _Accumulator:
             p99=p99,
             hotspots=self._hotspots(top, slide_width, slide_height),
             geometry_mismatch=self.geometry.mismatch,
+            regions=[
+                AreaFigures(
+                    positive_fraction=positive / tissue if tissue else math.nan,
+                    positive_area_mm2=positive * pixel_mm2,
+                    tissue_area_mm2=tissue * pixel_mm2,
+                )
+                for positive, tissue in zip(self.region_positive, self.region_tissue, strict=True)
+            ],
+        )
+
+    def grid(self) -> DensityGrid:
+        """The hotspot grid's counts as the run keeps them (`workers.grid`), placed in slide pixels."""
+        (sy, sx), (oy, ox) = self.geometry.scale, self.geometry.offset
+        sums = self.sum_grid / self.map.value_max if self.exact_counts else self.sum_grid.copy()
+        return DensityGrid(
+            marker=self.map.name,
+            origin=(self.ac0 * sx + ox, self.ar0 * sy + oy),
+            cell=(self.cell_w * sx, self.cell_h * sy),
+            extent=(self.cols * sx, self.rows * sy),
+            pixel_mm2=self.pixel_mm2,
+            positive=self.positive_grid.copy(),
+            tissue=self.tissue_grid.copy(),
+            value_sum=sums.astype(np.float64),
         )
 
     def _hotspots(self, top: int, slide_width: int, slide_height: int) -> list[Hotspot]:
@@ -353,7 +570,7 @@ class _Accumulator:
             i, j = np.unravel_index(int(np.argmax(density)), density.shape)
             if density[i, j] < 0:
                 break
-            y0, x0 = self.r0 + int(i) * self.cell_h, self.c0 + int(j) * self.cell_w
+            y0, x0 = self.ar0 + int(i) * self.cell_h, self.ac0 + int(j) * self.cell_w
             found.append(
                 self._box(
                     y0,

@@ -56,6 +56,20 @@ strand-case:
   display_name: "Strand marker panel, whole case: CD8, PanCK, Ki67"
   markers: [CD8, PanCK, Ki67]
   scope: case
+strand-region:
+  display_name: "Strand marker panel in a drawn region: CD8, PanCK, Ki67"
+  markers: [CD8, PanCK, Ki67]
+  input: taggedPolygon
+  tags: [Tumour, Stroma]
+strand-areas:
+  display_name: "Strand CD8 and Ki67 in drawn areas"
+  markers: [Ki67, CD8]
+  input: multiArea
+  overlay: hotspots
+strand-reuse:
+  display_name: "Strand marker panel, reusing earlier results: CD8, PanCK, Ki67"
+  markers: [CD8, PanCK, Ki67]
+  reuse_results: true
 """
 
 
@@ -121,6 +135,10 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+# `data.context["kind"]` of a result that shows how a run ended (`sectra_adapter` result builders).
+_OUTCOME_KINDS = frozenset({"final", "failed", "cancelled"})
+
+
 @dataclass
 class Bridge:
     sectra: MockSectraServer
@@ -184,9 +202,32 @@ class Bridge:
         )
 
     def wait_final(self, run_id: str, timeout: float = 60.0) -> RunRecord:
-        return self.wait_for(run_id, lambda r: r.status in FINAL, timeout)
+        """The run once it has ended and Sectra shows its outcome.
+
+        A run is marked final just before its outcome is posted (so no progress line can follow the
+        outcome: `workers.result_guard`), so the store says "failed" a moment before Sectra does.
+        """
+        record = self.wait_for(run_id, lambda r: r.status in FINAL, timeout)
+        if record.sectra_result_id is None:
+            return record
+        deadline = time.monotonic() + min(timeout, 30.0)
+        while time.monotonic() < deadline:
+            results = self.all_results(record.slide_id, record.app_id)
+            shown = [r for r in results if r.id == record.sectra_result_id]
+            if shown and shown[0].data.context.get("kind") in _OUTCOME_KINDS:
+                break
+            time.sleep(0.05)
+        return self.store.require(run_id)
 
     def results(self, slide_id: str, app: str = APP) -> list[Any]:
+        """The slide's primitive results: one per run (pending, then progress, then the outcome)."""
+        return [r for r in self.all_results(slide_id, app) if r.data.result.type.value != "patchCollection"]
+
+    def galleries(self, slide_id: str, app: str = APP) -> list[Any]:
+        """The slide's hotspot galleries (`patchCollection`): at most one per completed run."""
+        return [r for r in self.all_results(slide_id, app) if r.data.result.type.value == "patchCollection"]
+
+    def all_results(self, slide_id: str, app: str = APP) -> list[Any]:
         return self.sectra.get_results(app, slide_id)
 
     def worker_metrics(self) -> str:

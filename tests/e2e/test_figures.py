@@ -107,6 +107,8 @@ def drawn_boxes(result: Any) -> dict[str, list[tuple[float, float, float, float]
     """Each marker's drawn rectangles back in slide pixels (Sectra coordinates are normalised by width)."""
     boxes: dict[str, list[tuple[float, float, float, float]]] = {}
     for item in result.data.result.content:
+        if not item.labels:  # a density band (drawn with `overlay: both`, the default) is no box
+            continue
         marker = item.labels[0].label.split(" ")[0]
         for polygon in item.polygons:
             xs = [p.x * SLIDE_W for p in polygon.points]

@@ -34,6 +34,8 @@ def test_happy_path_posts_ground_truth_figures_once_and_sends_no_phi(bridge: Bri
         stored = next(m for m in record.summary["markers"] if m["marker"] == marker)
         assert math.isclose(stored["positive_fraction"], expected, abs_tol=1e-9)
     assert result.data.result.type.value == "primitive"
+    (gallery,) = bridge.galleries("slide-happy")  # and one hotspot gallery, its id kept with the run
+    assert gallery.id == record.review_result_id
     assert bridge.strand.stats.uploads_completed == 1
     assert bridge.strand.stats.submits_accepted == 1
 

@@ -12,7 +12,7 @@ from service.app import create_app
 from service.health import check_work_dir
 from service.registration import build_registration
 from tests.service.conftest import SECTRA_TOKEN, Bridge, BridgeFactory, ServerThread, bridge_apps
-from workers.apps import default_apps
+from workers.apps import AppConfig, default_apps
 from workers.runstore import RunStatus, RunStore
 from workers.settings import Settings
 
@@ -39,6 +39,20 @@ def test_build_registration_for_the_cli() -> None:
     registration = build_registration(app, "https://b.example/sectra/strand-default")
     assert registration.manufacturer == app.manufacturer
     assert registration.model_dump(mode="json")["inputTemplate"] == {"type": "wholeSlide"}
+
+
+def test_registration_input_template_follows_the_app_input() -> None:
+    def template(**fields: object) -> object:
+        app = AppConfig.model_validate({"id": "r", "display_name": "R", "markers": ["CD8"], **fields})
+        body = build_registration(app, "https://b.example/sectra/r").model_dump(mode="json")
+        return Registration.model_validate(body).model_dump(mode="json")["inputTemplate"]
+
+    assert template(input="taggedPolygon", tags=["Tumour", "Stroma"]) == {
+        "type": "taggedPolygon",
+        "content": {"tags": ["Tumour", "Stroma"]},
+    }
+    assert template(input="multiArea") == {"type": "multiArea"}
+    assert template() == {"type": "wholeSlide"}
 
 
 def test_registration_and_info_of_an_unknown_app(bridge: Bridge) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
 from datetime import datetime, timedelta
@@ -9,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
-from service.ui import COOKIE_NAME, collect
+from service.ui import COOKIE_NAME, collect, stage_timings
 from tests.service.conftest import SECTRA_TOKEN, Bridge, BridgeFactory
-from workers.runstore import RunStatus, RunStore
+from workers.runstore import THUMBNAIL_BLOB, RunStatus, RunStore
 from workers.states import WORKING_ORDER
 
 ADMIN = "ui-admin-secret-0123"
@@ -68,6 +70,28 @@ def seed(bridge: Bridge) -> dict[str, str]:
     # Cancelled runs ask Strand for a refund: not counted.
     advance(store, runs["cxl"], RunStatus.cancelled, job_id="job-c", reserved_credits=11)
     return runs
+
+
+STAGES_DONE = ("downloading", "deidentifying", "uploading", "submitting", "summarising", "publishing")
+
+
+def picture_png() -> bytes:
+    """A small JPEG of known pixels: what the publish step keeps beside a run (`workers.render`)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 40), (10, 200, 30)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def finish_with_picture(store: RunStore, run_id: str) -> bytes:
+    """The audit trail a pipeline writes for a run that went through every stage, and its picture."""
+    for stage in STAGES_DONE[:4]:
+        store.append_event(run_id, "stage_done", stage=stage)
+    store.append_event(run_id, "job_finished", job_status="completed")
+    for stage in STAGES_DONE[4:]:
+        store.append_event(run_id, "stage_done", stage=stage)
+    png = picture_png()
+    store.put_blob(run_id, THUMBNAIL_BLOB, png)
+    return png
 
 
 def section(page: str, name: str) -> str:
@@ -183,6 +207,7 @@ def test_page_in_a_real_headless_browser(make_bridge: BridgeFactory, tmp_path: P
         )
     bridge = make_bridge(BRIDGE_ADMIN_TOKEN=ADMIN)
     runs = seed(bridge)
+    finish_with_picture(bridge.store, runs["done"])
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
@@ -213,6 +238,27 @@ def test_page_in_a_real_headless_browser(make_bridge: BridgeFactory, tmp_path: P
         assert "<script>alert(1)</script> Downloading 42 %" in row.text  # shown as text, not run
         failures = driver.find_element(By.ID, "failures")
         assert "strand_job_failed" in failures.find_element(By.ID, f"run-{runs['late']}").text
+        # The completed run's picture loaded (same origin, with the page's cookie, allowed by the CSP).
+        picture = driver.find_element(By.ID, f"thumb-{runs['done']}")
+        loaded = driver.execute_script("return [arguments[0].complete, arguments[0].naturalWidth]", picture)
+        assert loaded == [True, 64]
+        assert picture.size["width"] > 0 and picture.size["height"] > 0
+        # A bar per stage, each drawn with a width, and the chart's bars for every day.
+        card = driver.find_element(By.ID, f"done-{runs['done']}")
+        bars = card.find_elements(By.CSS_SELECTOR, "rect.stage-bar")
+        assert [b.get_attribute("data-stage") for b in bars] == [
+            *STAGES_DONE[:4],
+            "waiting",
+            *STAGES_DONE[4:],
+        ]
+        assert all(b.size["width"] >= 1 for b in bars)
+        chart = driver.find_element(By.ID, "daily-chart")
+        day_bars = chart.find_elements(By.CSS_SELECTOR, "rect.bar-runs")
+        assert len(day_bars) == 14
+        assert day_bars[-1].get_attribute("data-value") == "7" and day_bars[-1].size["height"] > 50
+        assert (
+            chart.find_elements(By.CSS_SELECTOR, "rect.bar-credits")[-1].get_attribute("data-value") == "15"
+        )
         # HttpOnly: the page's own scripts (were there any) could not read the cookie.
         assert driver.execute_script("return document.cookie") == ""
         (cookie,) = driver.get_cookies()
@@ -225,3 +271,89 @@ def test_page_in_a_real_headless_browser(make_bridge: BridgeFactory, tmp_path: P
         driver.quit()
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     print(f"screenshot: {shot}")
+
+
+def test_stage_timings_are_the_gaps_between_stage_ends() -> None:
+    # Written out: each stage lasts from the end of the one before (the run's creation for the first)
+    # to its own `stage_done`; the wait for Strand ends at `job_finished`; other events do not count.
+    events = [
+        {"ts": 103.0, "event": "stage_done", "data": {"stage": "downloading"}},
+        {"ts": 104.0, "event": "downloaded", "data": {"files": 1}},
+        {"ts": 110.5, "event": "stage_done", "data": {"stage": "deidentifying"}},
+        {"ts": 170.5, "event": "job_finished", "data": {"job_status": "completed"}},
+        {"ts": 171.0, "event": "stage_done", "data": {"stage": "summarising"}},
+    ]
+    timings = [(t.stage, t.seconds) for t in stage_timings(100.0, events)]
+    assert timings == [("downloading", 3.0), ("deidentifying", 7.5), ("waiting", 60.0), ("summarising", 0.5)]
+
+
+def test_completed_runs_show_picture_figures_and_stage_bars(make_bridge: BridgeFactory) -> None:
+    bridge = make_bridge(BRIDGE_ADMIN_TOKEN=ADMIN)
+    runs = seed(bridge)
+    finish_with_picture(bridge.store, runs["done"])
+    page = bridge.client.get("/ui", headers={"Authorization": f"Bearer {ADMIN}"}).text
+
+    completed = section(page, "completed")
+    card = re.search(rf'<div class="result" id="done-{runs["done"]}">(.*?)</svg></div>', completed, re.S)
+    assert card, completed
+    assert re.search(
+        rf'<img class="thumb" id="thumb-{runs["done"]}" src="/ui/runs/{runs["done"]}/thumbnail.jpg\?v=\d+"',
+        card.group(1),
+    )
+    bars = re.findall(r'<rect class="stage-bar" data-stage="([a-z]+)"', card.group(1))
+    assert bars == [*STAGES_DONE[:4], "waiting", *STAGES_DONE[4:]]
+    # The only images are this origin's run pictures; nothing else is fetched.
+    sources = re.findall(r'\b(?:src|href)="([^"]*)"', page)
+    assert sources and all(
+        re.fullmatch(r"/ui/runs/run-[0-9a-f]{24}/thumbnail\.jpg\?v=\d+", s) for s in sources
+    )
+    assert "<script" not in page
+
+
+def test_the_chart_counts_runs_and_credits_by_the_day_they_started(make_bridge: BridgeFactory) -> None:
+    bridge = make_bridge(BRIDGE_ADMIN_TOKEN=ADMIN)
+    seed(bridge)  # 7 runs today, 15 credits that count
+    now = datetime.now().astimezone()
+    today = collect(bridge.store, now)
+    assert len(today.days) == 14 and today.days[-1].day == now.date().isoformat()
+    assert (today.days[-1].runs, today.days[-1].credits) == (7, 15)
+    assert all((d.runs, d.credits) == (0, 0) for d in today.days[:-1])
+    # Three days on, the same runs are the bar three days back.
+    later = collect(bridge.store, now + timedelta(days=3))
+    assert [(d.runs, d.credits) for d in later.days[-4:]] == [(7, 15), (0, 0), (0, 0), (0, 0)]
+    # Sixteen days on, they have left the chart.
+    assert all(d.runs == 0 for d in collect(bridge.store, now + timedelta(days=16)).days)
+
+    chart = section(bridge.client.get("/ui", headers={"Authorization": f"Bearer {ADMIN}"}).text, "per-day")
+    assert len(re.findall(r'<rect class="bar-runs"', chart)) == 14
+    assert f'<rect class="bar-runs" data-day="{now.date().isoformat()}" data-value="7"' in chart
+    assert f'<rect class="bar-credits" data-day="{now.date().isoformat()}" data-value="15"' in chart
+
+
+def test_the_picture_route_is_behind_the_page_token_and_private(make_bridge: BridgeFactory) -> None:
+    bridge = make_bridge(BRIDGE_ADMIN_TOKEN=ADMIN)
+    run_id = start_run(bridge, "slide-picture")
+    advance(bridge.store, run_id, RunStatus.completed)
+    png = finish_with_picture(bridge.store, run_id)
+    path = f"/ui/runs/{run_id}/thumbnail.jpg"
+
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Cookie": f"{COOKIE_NAME}={ADMIN}"}):
+        refused = bridge.client.get(path, headers=headers)
+        assert refused.status_code == 401 and refused.json()["error"] == "unauthorized"
+    cookie = bridge.client.get("/ui", params={"token": ADMIN}, follow_redirects=False).cookies[COOKIE_NAME]
+    for headers in ({"Authorization": f"Bearer {ADMIN}"}, {"Cookie": f"{COOKIE_NAME}={cookie}"}):
+        answer = bridge.client.get(path, headers=headers)
+        assert answer.status_code == 200
+        assert answer.headers["content-type"] == "image/jpeg"
+        assert answer.headers["cache-control"].split(",")[0] == "private"
+        assert answer.content == png
+    for missing in (f"/ui/runs/{'run-' + '0' * 24}/thumbnail.jpg", "/ui/runs/not-a-run/thumbnail.jpg"):
+        absent = bridge.client.get(missing, headers={"Authorization": f"Bearer {ADMIN}"})
+        assert absent.status_code == 404
+        assert absent.json()["error"] == "not_found"
+
+
+def test_the_picture_route_is_off_without_an_admin_token(bridge: Bridge) -> None:
+    run_id = start_run(bridge, "slide-off")
+    answer = bridge.client.get(f"/ui/runs/{run_id}/thumbnail.jpg", headers={"Authorization": "Bearer x"})
+    assert answer.status_code == 404

@@ -250,7 +250,7 @@ def test_an_undecodable_shard_makes_that_marker_missing_in_plain_words() -> None
     shard = bytearray(fixture.files[key])
     shard[-20] ^= 0x01
     with recorded({**fixture.files, key: bytes(shard)}) as (results, _):
-        summaries, missing = summarise_job(
+        summaries, missing, _ = summarise_job(
             results, ["CD8", "Ki67"], threshold=0.4, slide_width=520, slide_height=300, microns_per_pixel=0.25
         )
     assert [s.marker for s in summaries] == ["Ki67"]

@@ -125,7 +125,9 @@ class Harness:
         return record  # type: ignore[return-value]
 
     def result_text(self, slide_id: str) -> str:
-        (result,) = self.sectra.get_results(APP, slide_id)
+        # The run's one primitive result (a completed run also posts a hotspot gallery beside it).
+        results = self.sectra.get_results(APP, slide_id)
+        (result,) = [r for r in results if r.data.result.type.value == "primitive"]
         return result.displayResult
 
 

@@ -189,7 +189,7 @@ def test_every_figure_matches_numpy(layout: str, dtype: str, tissue_mode: str, n
 def test_markers_differ_and_the_strongest_hotspot_is_found() -> None:
     fixture = make("sharded", markers=("CD8", "PanCK", "Ki67"))
     with served(fixture) as results:
-        summaries, missing = summarise_job(
+        summaries, missing, _ = summarise_job(
             results,
             ["CD8", "PanCK", "Ki67"],
             threshold=0.5,
@@ -276,7 +276,7 @@ def test_a_map_smaller_than_the_slide_uses_its_coordinate_transformations() -> N
 def test_a_coarser_level_is_summarised_at_its_own_scale() -> None:
     fixture = make(markers=("CD8",))
     with served(fixture) as results:
-        summaries, _ = summarise_job(
+        summaries, _, _ = summarise_job(
             results,
             ["CD8"],
             threshold=0.5,
@@ -300,7 +300,7 @@ def test_a_coarser_level_is_summarised_at_its_own_scale() -> None:
 def test_scale_from_the_root_microns_per_pixel() -> None:
     fixture = make("flat", markers=("CD8",), microns_per_pixel=1.0)  # flat: no coordinateTransformations
     with served(fixture) as results:
-        summaries, _ = summarise_job(
+        summaries, _, _ = summarise_job(
             results, ["CD8"], threshold=0.5, slide_width=2080, slide_height=1200, microns_per_pixel=SLIDE_MPP,
             hotspot_window_um=40.0,
         )  # fmt: skip
@@ -359,7 +359,7 @@ def test_missing_and_unreadable_markers_get_plain_reasons() -> None:
     shard = "markers/PanCK/0/c/0/1/1"
     fixture.files[shard] = bytes(len(fixture.files[shard]))  # storage returned garbage for one shard
     with served(fixture) as results:
-        summaries, missing = summarise_job(
+        summaries, missing, _ = summarise_job(
             results,
             ["CD8", "PanCK", "Ki67", "CD3"],
             threshold=0.5,
@@ -379,7 +379,7 @@ def test_a_map_without_tissue_is_reported_not_summarised() -> None:
     for key in [k for k in fixture.files if k.startswith("markers/CD8/0/c/")]:
         del fixture.files[key]
     with served(fixture) as results:
-        summaries, missing = summarise_job(
+        summaries, missing, _ = summarise_job(
             results, ["CD8"], threshold=0.5, slide_width=520, slide_height=300, microns_per_pixel=SLIDE_MPP
         )
     assert summaries == []
@@ -414,7 +414,7 @@ def test_summary_of_a_job_on_the_fake_strand_server(tmp_path: Path) -> None:
         assert job.wait(timeout=60).status == "completed"
         fixture = fake.results_fixture(job.id)
         with job.results() as results:
-            summaries, missing = summarise_job(
+            summaries, missing, _ = summarise_job(
                 results,
                 ["CD8", "PanCK"],
                 threshold=0.5,
@@ -443,7 +443,7 @@ def test_a_unit_the_slide_contradicts_is_overruled_by_slide_size_and_reported() 
     # but the 300 x 520 map covers the 300 x 520 px slide one to one.
     fixture = make(markers=("CD8", "Ki67"), slide_mpp=0.5)
     with served(fixture) as results:
-        summaries, missing = summarise_job(
+        summaries, missing, _ = summarise_job(
             results, ["CD8"], threshold=0.5, slide_width=520, slide_height=300, microns_per_pixel=SLIDE_MPP,
             hotspot_window_um=20.0,
         )  # fmt: skip
@@ -465,7 +465,7 @@ def test_contradictory_geometry_reports_that_marker_missing_and_summarises_the_r
     entry["datasets"][0]["coordinateTransformations"][0]["scale"] = [1.0, 0.0, 0.25]
     fixture.files["zarr.json"] = json.dumps(root).encode()
     with served(fixture) as results:
-        summaries, missing = summarise_job(
+        summaries, missing, _ = summarise_job(
             results, ["CD8", "Ki67"], threshold=0.5, slide_width=520, slide_height=300,
             microns_per_pixel=SLIDE_MPP,
         )  # fmt: skip

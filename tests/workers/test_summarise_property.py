@@ -338,7 +338,7 @@ def test_the_summary_equals_plain_numpy_on_the_whole_array(
         job_id="job-p",
         retry_policy=RetryPolicy(max_retries=2, base_delay=0.01, max_delay=0.02),
     ) as results:
-        summaries, missing = summarise_job(
+        summaries, missing, _ = summarise_job(
             results,
             [MARKER],
             threshold=case.threshold,
