@@ -23,7 +23,7 @@ from sectra_adapter._header_values import MAX_TOKEN_CHARS, is_token68
 from sectra_adapter._headers import DEFAULT_VERSIONS, sectra_response_headers
 from sectra_adapter._patterns import UnsafePattern, check_pattern
 from sectra_adapter._pool import SectraClientPool
-from sectra_adapter._progress import ResultPublisher
+from sectra_adapter._progress import PublishGuard, ResultPublisher
 from sectra_adapter._results import (
     build_final_result,
     cancelled_result,
@@ -64,6 +64,7 @@ __all__ = [
     "MarkerSummary",
     "Overlay",
     "ProgressCallback",
+    "PublishGuard",
     "Region",
     "ResultPublisher",
     "ReusedJob",

@@ -5,6 +5,14 @@ current `versionId`. Another writer (a second worker after a crash, a retried
 PUT whose first attempt landed, the pathologist) may have moved it on; the
 publisher then rereads the result and applies its update on top, since the
 latest state of the run is what the slide should show.
+
+Several writers of one result may run at once: the step uploading a slide
+posts its progress while another step, woken by a cancel, posts "Cancelled".
+Sectra's version check orders their writes but cannot tell an outcome from a
+progress line, and a reread-and-retry would put the stale progress on top. An
+optional `PublishGuard` (the run store's, in `workers.result_guard`) makes
+every write of the run's result take turns, and lets a progress update through
+only while the run is still working, so no progress ever replaces an outcome.
 """
 
 from __future__ import annotations
@@ -13,6 +21,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Protocol
 
 from sectra_client.schemas import AdaptedResult, Result, ResultResponse
 
@@ -25,6 +35,18 @@ logger = logging.getLogger(__name__)
 
 MAX_CONFLICT_RETRIES = 3
 _REREAD = Backoff()
+
+
+class PublishGuard(Protocol):
+    """Who may write a run's result, and when (see the module docstring)."""
+
+    def hold(self) -> AbstractContextManager[object]:
+        """Held around every write of the run's result, by every writer of that run."""
+        ...
+
+    def progress_allowed(self) -> bool:
+        """Whether a progress line may still be shown: the run has not ended or been cancelled."""
+        ...
 
 
 class ResultPublisher:
@@ -41,6 +63,7 @@ class ResultPublisher:
         version_id: str | None,
         min_interval: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        guard: PublishGuard | None = None,
     ) -> None:
         self._adapter = adapter
         self._app_id = app_id
@@ -53,6 +76,7 @@ class ResultPublisher:
         self._lock = threading.RLock()
         self._last_message: str | None = None
         self._last_sent: float | None = None
+        self._guard = guard
 
     @property
     def result_id(self) -> int | None:
@@ -71,6 +95,13 @@ class ResultPublisher:
 
     def publish(self, result: Result) -> ResultResponse:
         """Replace the run's result with `result` (creating it if the run has none yet)."""
+        with self._lock, self._hold():
+            return self._publish(result)
+
+    def _hold(self) -> AbstractContextManager[object]:
+        return nullcontext() if self._guard is None else self._guard.hold()
+
+    def _publish(self, result: Result) -> ResultResponse:
         with self._lock:
             if self._result_id is None:
                 return self.ensure_created(result)
@@ -119,7 +150,11 @@ class ResultPublisher:
                 return None
             self._last_message, self._last_sent = message, now
             try:
-                return self.publish(progress_result(self._slide_id, self._app_version, message))
+                with self._hold():
+                    if self._guard is not None and not self._guard.progress_allowed():
+                        logger.info("the run has ended or is being cancelled; progress not posted")
+                        return None
+                    return self._publish(progress_result(self._slide_id, self._app_version, message))
             except SectraError as exc:
                 logger.warning("could not post progress to Sectra: %s", exc)
                 return None

@@ -12,6 +12,7 @@ import time
 
 from sectra_adapter import ResultPublisher, SectraAdapter
 from workers.context import PipelineContext
+from workers.result_guard import RunResultGuard
 from workers.runstore import RunRecord
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ def publisher_for(ctx: PipelineContext, record: RunRecord, sectra: SectraAdapter
         result_id=record.sectra_result_id,
         version_id=record.sectra_version_id,
         min_interval=ctx.progress_interval,
+        guard=RunResultGuard(ctx.store, record.run_id),
     )
 
 
