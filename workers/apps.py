@@ -86,7 +86,6 @@ class AppConfig(BaseModel):
             raise ValueError("markers must not repeat")
         return cleaned
 
-
     @model_validator(mode="after")
     def _tags_for_tagged_polygons(self) -> AppConfig:
         if self.tags and self.input != "taggedPolygon":

@@ -6,6 +6,12 @@ superseded by recovery or an operator retry) does nothing. Without the token,
 recovery after a crash could leave two chains polling the same job forever;
 without the due time, recovery could not tell a run waiting out a 256 s
 backoff (or a `Retry-After`) from a run whose worker died.
+
+A worker marks the step's token started when it takes the run's lease. A step
+that is overdue but was never started is, as a rule, still waiting in the
+queue behind others; recovery leaves it there while the queue holds messages
+(re-driving it would only queue a duplicate, and on a busy day one per run per
+sweep). A started step whose lease lapsed had its worker die.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import redis
 class ScheduledStep:
     token: str
     due_at: float
+    started: bool = False  # a worker took this very step (not an earlier one of the run)
 
 
 class StepScheduler:
@@ -49,10 +56,14 @@ class StepScheduler:
         return token
 
     def current(self, run_id: str) -> ScheduledStep | None:
-        token, due_at = self._redis.hmget(self._key(run_id), ["token", "due_at"])
+        token, due_at, started = self._redis.hmget(self._key(run_id), ["token", "due_at", "started"])
         if token is None or due_at is None:
             return None
-        return ScheduledStep(_text(token), float(_text(due_at)))
+        return ScheduledStep(_text(token), float(_text(due_at)), started is not None and started == token)
+
+    def mark_started(self, run_id: str, token: str) -> None:
+        """A worker holds the run's lease for step `token`: it left the queue."""
+        self._redis.hset(self._key(run_id), "started", token)
 
     def is_current(self, run_id: str, token: str | None) -> bool:
         current = self._redis.hget(self._key(run_id), "token")

@@ -11,11 +11,11 @@ from celery import Task
 
 from workers import case, runtime
 from workers.case import CaseIndex
-from workers.celery_app import celery_app
+from workers.celery_app import QUEUE, celery_app
 from workers.errors import Refused, Service, classify
 from workers.locks import run_lease
 from workers.pipeline import FINAL, advance
-from workers.priority import RunPriorities
+from workers.priority import RunPriorities, queue_keys
 from workers.runstore import RunRecord, RunStatus
 from workers.scheduler import ScheduledStep
 from workers.stages import case as case_stage
@@ -37,6 +37,8 @@ def run_step(run_id: str, token: str | None = None) -> None:
     with run_lease(runtime.redis_client(), scheduler.lease_key(run_id), ctx.settings.lease_seconds) as held:
         if not held:
             return  # another worker is on this run; it schedules the next step itself
+        if token is not None:
+            scheduler.mark_started(run_id, token)
         delay = advance(ctx, run_id)
     if delay is not None:
         schedule(run_id, delay)
@@ -55,6 +57,17 @@ def due_time(step: ScheduledStep | None, record: RunRecord) -> float:
     return step.due_at if step is not None else record.updated_at
 
 
+def is_stalled(
+    step: ScheduledStep | None, record: RunRecord, *, now: float, slack: float, queued: int
+) -> bool:
+    """Whether recovery should re-drive a run no worker holds (see `recover_runs`)."""
+    # A run that changed within the last lease is being worked on, even if a heartbeat was late.
+    if now < max(due_time(step, record), record.updated_at) + slack:
+        return False
+    # A step no worker took is waiting in the queue while the queue holds messages.
+    return step is None or step.started or queued == 0
+
+
 @celery_app.task(name=RECOVER_TASK)
 def recover_runs(grace: float | None = None) -> int:
     """Re-drive runs whose scheduled step is overdue and that no worker holds (a worker died).
@@ -62,8 +75,9 @@ def recover_runs(grace: float | None = None) -> int:
     A step is overdue `grace` seconds (default: one lease) after it was due and
     after the run last changed: a run waiting out a backoff or a `Retry-After` is
     left alone until then, and a run whose worker died moves again once its lease
-    has lapsed. Re-driving supersedes the lost step's token, so a late redelivery
-    of it does nothing.
+    has lapsed. A step no worker has started is left alone while the step queue
+    holds messages: it is waiting its turn there (`workers.scheduler`). Re-driving
+    supersedes the lost step's token, so a late redelivery of it does nothing.
     """
     ctx = runtime.context()
     client = runtime.redis_client()
@@ -71,16 +85,17 @@ def recover_runs(grace: float | None = None) -> int:
     slack = ctx.settings.lease_seconds if grace is None else grace
     now = time.time()
     count = 0
+    queued = sum(int(client.llen(key)) for key in queue_keys(QUEUE))
     for status in RunStatus:
         if status in FINAL:
             continue
         for record in ctx.store.list_runs(status=status, limit=10_000):
             if client.exists(scheduler.lease_key(record.run_id)):
                 continue
-            due_at = due_time(scheduler.current(record.run_id), record)
-            # A run that changed within the last lease is being worked on, even if a heartbeat was late.
-            if now < max(due_at, record.updated_at) + slack:
+            step = scheduler.current(record.run_id)
+            if not is_stalled(step, record, now=now, slack=slack, queued=queued):
                 continue
+            due_at = due_time(step, record)
             log.info("re-driving a stalled run", extra={"run_id": record.run_id, "stage": status.value})
             ctx.store.append_event(record.run_id, "recovered", overdue_seconds=int(now - due_at))
             schedule(record.run_id)

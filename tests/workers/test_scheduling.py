@@ -9,9 +9,9 @@ import redis
 
 from workers.janitor import sweep
 from workers.runstore import RunStatus, RunStore
-from workers.scheduler import StepScheduler
+from workers.scheduler import ScheduledStep, StepScheduler
 from workers.staging import Staging
-from workers.tasks import due_time
+from workers.tasks import due_time, is_stalled
 
 
 def _run(store: RunStore, slide: str) -> str:
@@ -49,6 +49,41 @@ def test_a_run_never_scheduled_is_due_from_its_last_change(
     scheduler = StepScheduler(redis_client, prefix=key_prefix, ttl_seconds=3600)
     record = store.require(_run(store, "s-2"))
     assert due_time(scheduler.current(record.run_id), record) == record.updated_at
+
+
+def test_a_step_is_started_only_by_its_own_token(redis_client: redis.Redis, key_prefix: str) -> None:
+    store = RunStore(redis_client, prefix=key_prefix, retention_seconds=3600)
+    scheduler = StepScheduler(redis_client, prefix=key_prefix, ttl_seconds=3600)
+    run_id = _run(store, "s-3")
+    first = scheduler.new_token(run_id)
+    queued = scheduler.current(run_id)
+    assert queued is not None and queued.token == first and not queued.started
+    scheduler.mark_started(run_id, first)
+    taken = scheduler.current(run_id)
+    assert taken is not None and taken.started
+    scheduler.new_token(run_id, 5.0)  # the next step is queued: not started until a worker takes it
+    following = scheduler.current(run_id)
+    assert following is not None and not following.started
+
+
+def test_recovery_leaves_a_queued_step_in_the_queue_and_re_drives_a_dead_worker_s(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    store = RunStore(redis_client, prefix=key_prefix, retention_seconds=3600)
+    record = store.require(_run(store, "s-4"))
+    due = record.updated_at
+    waiting, taken = ScheduledStep("a", due, started=False), ScheduledStep("a", due, started=True)
+    late = due + 60.0
+    # Overdue by a minute, never started: behind 40 messages it is waiting its turn, not lost.
+    assert not is_stalled(waiting, record, now=late, slack=15.0, queued=40)
+    # With nothing in the queue its message is gone (a worker took it and died before its lease).
+    assert is_stalled(waiting, record, now=late, slack=15.0, queued=0)
+    # Started and no lease: its worker died, however long the queue.
+    assert is_stalled(taken, record, now=late, slack=15.0, queued=40)
+    # Not overdue yet: left alone in every case.
+    for step in (waiting, taken, None):
+        assert not is_stalled(step, record, now=due + 10.0, slack=15.0, queued=0)
+    assert is_stalled(None, record, now=late, slack=15.0, queued=40)  # never scheduled at all
 
 
 def _walk(store: RunStore, run_id: str, to: RunStatus) -> None:
