@@ -121,6 +121,10 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+# `data.context["kind"]` of a result that shows how a run ended (`sectra_adapter` result builders).
+_OUTCOME_KINDS = frozenset({"final", "failed", "cancelled"})
+
+
 @dataclass
 class Bridge:
     sectra: MockSectraServer
@@ -184,7 +188,22 @@ class Bridge:
         )
 
     def wait_final(self, run_id: str, timeout: float = 60.0) -> RunRecord:
-        return self.wait_for(run_id, lambda r: r.status in FINAL, timeout)
+        """The run once it has ended and Sectra shows its outcome.
+
+        A run is marked final just before its outcome is posted (so no progress line can follow the
+        outcome: `workers.result_guard`), so the store says "failed" a moment before Sectra does.
+        """
+        record = self.wait_for(run_id, lambda r: r.status in FINAL, timeout)
+        if record.sectra_result_id is None:
+            return record
+        deadline = time.monotonic() + min(timeout, 30.0)
+        while time.monotonic() < deadline:
+            results = self.sectra.get_results(record.app_id, record.slide_id)
+            shown = [r for r in results if r.id == record.sectra_result_id]
+            if shown and shown[0].data.context.get("kind") in _OUTCOME_KINDS:
+                break
+            time.sleep(0.05)
+        return self.store.require(run_id)
 
     def results(self, slide_id: str, app: str = APP) -> list[Any]:
         return self.sectra.get_results(app, slide_id)
