@@ -16,12 +16,13 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import redis
 import uvicorn
@@ -151,13 +152,22 @@ class Bridge:
     slides_dir: Path
     env: dict[str, str] = field(default_factory=dict)
 
-    def add_slide(self, slide_id: str, *, width: int = 1024, height: int = 768, stain: str = "H&E") -> Path:
+    def add_slide(
+        self,
+        slide_id: str,
+        *,
+        width: int = 1024,
+        height: int = 768,
+        stain: str = "H&E",
+        content: Callable[[int, int, int], np.ndarray] | None = None,
+    ) -> Path:
         path = make_svs(
             self.slides_dir / f"{PHI['accessionNumber']}_{slide_id}.svs",
             width=width,
             height=height,
             phi=PHI,
             label_marker=LABEL_MARKER,
+            content=content,
         )
         self.sectra.add_slide(slide_metadata(slide_id, width, height, stain=stain))
         self.sectra.add_slide_files(slide_id, path)

@@ -316,3 +316,37 @@ def test_whole_slide_runs_reuse_only_when_their_app_says_so(bridge: Bridge) -> N
     again = finish(bridge, bridge.start_run(slide).run_id)  # the default app: a new job, as before
     assert again.job_id not in (None, first.job_id) and again.reused_job is None
     assert len(bridge.strand.jobs) == 2
+
+
+def glass_on_the_right(height: int, width: int, seed: int) -> np.ndarray:
+    """Stained tissue (random pink-purple) on the left half of the slide, bare glass on the right."""
+    rng = np.random.default_rng(seed)
+    pixels = np.empty((height, width, 3), dtype=np.uint8)
+    pixels[...] = (243, 243, 241)  # glass: near white, no colour
+    left = pixels[:, : width // 2]
+    left[..., 0] = rng.integers(170, 230, size=left.shape[:2])
+    left[..., 1] = rng.integers(60, 140, size=left.shape[:2])
+    left[..., 2] = rng.integers(140, 200, size=left.shape[:2])
+    return pixels
+
+
+def test_a_first_region_on_bare_glass_is_refused_before_any_upload_or_job(bridge: Bridge) -> None:
+    """No earlier results to read: the verified copy's thumbnail shows glass, so nothing is sent."""
+    slide = "slide-glass"
+    bridge.add_slide(slide, width=SLIDE_W, height=SLIDE_H, content=glass_on_the_right)
+    on_glass = hexagon(SLIDE_W * 0.75, SLIDE_H / 2, 500)
+    record = bridge.wait_final(start(bridge, slide, AREAS_APP, {"polygons": [polygon_json(on_glass)]}))
+    assert record.status == RunStatus.failed and record.message == "The drawn region holds no tissue"
+    assert result_of(bridge, slide, AREAS_APP).displayResult == "The drawn region holds no tissue"
+    assert len(bridge.strand.jobs) == 0 and strand_calls(bridge, "POST /api/v1/uploads") == 0
+    checked = [e for e in bridge.store.events(record.run_id) if e["event"] == "region_tissue_checked"]
+    assert [e["data"]["holds_tissue"] for e in checked] == ["false"]
+
+    # The same slide, a region on the stained half: judged to hold tissue, so it goes to Strand (what
+    # the fake's maps then find there is their own business: its tissue is not the slide's pixels).
+    on_tissue = hexagon(SLIDE_W * 0.25, SLIDE_H / 2, 500)
+    done = bridge.wait_final(start(bridge, slide, AREAS_APP, {"polygons": [polygon_json(on_tissue)]}), 120)
+    assert done.job_id is not None and strand_calls(bridge, "POST /api/v1/uploads") == 1
+    checked = [e for e in bridge.store.events(done.run_id) if e["event"] == "region_tissue_checked"]
+    assert [e["data"]["holds_tissue"] for e in checked] == ["true"]
+    assert len(bridge.strand.jobs) == 1

@@ -2,18 +2,23 @@
 
 Identifying strings come from Sectra's PHI metadata and the original file
 names; they live only in this function's memory and are never logged or
-stored — the audit trail records field *names* only.
+stored — the audit trail records field *names* only. A region run whose drawn
+area is bare glass on the verified copy ends here, before anything is sent.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from workers import messages
 from workers.context import PipelineContext
 from workers.deidentify import deidentify_slide, identifiers_from_metadata, verify_deidentified
 from workers.deidentify.detect import MRXS
+from workers.errors import RunRefused
 from workers.runstore import RunRecord
 from workers.staging import bundle, describe, largest
+from workers.summary_record import regions_of
+from workers.tissue import slide_regions_hold_tissue
 
 
 def inputs(ctx: PipelineContext, record: RunRecord) -> list[Path] | None:
@@ -44,6 +49,7 @@ def run(ctx: PipelineContext, record: RunRecord) -> None:
             metadata = sectra.get_image_metadata(record.slide_id, extended=True, phi=True)
         verify_deidentified(files, identifiers=identifiers_from_metadata(metadata, original_names))
         del metadata
+    _refuse_a_region_on_glass(ctx, record, files)
     if report.format == MRXS:  # one upload per slide: the verified set goes as one archive
         files = [bundle(files, out, record.run_id)]
     outgoing = describe(files, out)
@@ -70,3 +76,17 @@ def run(ctx: PipelineContext, record: RunRecord) -> None:
         blanked_fields=",".join(report.blanked_fields),
         files=len(files),
     )
+
+
+def _refuse_a_region_on_glass(ctx: PipelineContext, record: RunRecord, files: list[Path]) -> None:
+    """A region run whose drawn area holds no tissue ends here, in plain words, before any upload
+    or Strand job (`workers.tissue`; a region it cannot judge goes on, and the summary decides)."""
+    regions = regions_of(record, ctx.app(record))
+    if not regions:
+        return
+    holds = slide_regions_hold_tissue(
+        files, regions, slide_width=record.slide_width or 0, slide_height=record.slide_height or 0
+    )
+    ctx.store.append_event(record.run_id, "region_tissue_checked", holds_tissue=str(holds).lower())
+    if holds is False:
+        raise RunRefused(messages.region_no_tissue())
