@@ -49,10 +49,11 @@ from sectra_adapter import (
 )
 from workers import messages
 from workers.apps import AppConfig
+from workers.bands import overlays_for
 from workers.grid import grids_from_bytes
 from workers.locks import run_lease
 from workers.observability import HOTSPOT_REVIEWS
-from workers.review_math import EVERYTHING_EXCLUDED, NothingLeftError, figures_without
+from workers.review_math import EVERYTHING_EXCLUDED, NothingLeftError, figures_without, grid_without
 from workers.runstore import GRIDS_BLOB, RunRecord, RunStore
 from workers.summary_record import run_summary
 
@@ -264,9 +265,9 @@ def reviewed_summary(
     if record.summary is None or record.job_id is None:
         raise ReviewUnavailable("this run has no summary to recompute")
     excluded = list(boxes)
-    summary = run_summary(record, app, store)
     if not excluded:
-        return summary
+        return run_summary(record, app, store)
+    summary = run_summary(record, app)  # bands are drawn below, from the reviewed grids
     blob = store.get_blob(record.run_id, GRIDS_BLOB)
     if blob is None:
         raise ReviewUnavailable(
@@ -282,7 +283,16 @@ def reviewed_summary(
     if lacking:
         raise ReviewUnavailable(f"no density grid is kept for {', '.join(lacking)}; figures not recomputed")
     markers = [figures_without(marker, grids[marker.marker], excluded) for marker in summary.markers]
-    return dataclasses.replace(summary, markers=markers, excluded_hotspots=excluded)
+    # The bands follow the reviewed figures: the tissue under an artefact is no longer shaded.
+    overlays = (
+        []
+        if app.overlay == "hotspots"
+        else overlays_for(
+            {name: grid_without(grid, excluded) for name, grid in grids.items()},
+            threshold=app.positivity_threshold,
+        )
+    )
+    return dataclasses.replace(summary, markers=markers, excluded_hotspots=excluded, overlays=list(overlays))
 
 
 def _update_primitive(

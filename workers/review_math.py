@@ -54,6 +54,19 @@ def excluded_cells(grid: DensityGrid, boxes: Sequence[Hotspot]) -> np.ndarray:
     return out
 
 
+def grid_without(grid: DensityGrid, boxes: Sequence[Hotspot]) -> DensityGrid:
+    """`grid` with the cells inside `boxes` emptied (no tissue), so bands drawn from it leave them out."""
+    gone = excluded_cells(grid, boxes)
+    if not gone.any():
+        return grid
+    return replace(
+        grid,
+        positive=np.where(gone, 0, grid.positive),
+        tissue=np.where(gone, 0, grid.tissue),
+        value_sum=np.where(gone, 0.0, grid.value_sum),
+    )
+
+
 def figures_without(summary: MarkerSummary, grid: DensityGrid, boxes: Sequence[Hotspot]) -> MarkerSummary:
     """`summary` recomputed from `grid` without the cells inside `boxes`.
 

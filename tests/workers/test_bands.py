@@ -18,9 +18,11 @@ import pytest
 import shapely
 from PIL import Image, ImageDraw
 
+from sectra_adapter import Hotspot
 from strand_client.testing.zarr_results import build_results
 from workers.bands import LEVEL_LADDER, join_holes, marker_overlay, overlays_for
 from workers.grid import DensityGrid
+from workers.review_math import grid_without
 
 CELL = 16.0
 ORIGIN = (100.0, 200.0)
@@ -351,3 +353,22 @@ def test_levels_outside_zero_to_one_are_refused() -> None:
     grid = _field(np.full((4, 4), 0.5))
     with pytest.raises(ValueError, match="levels"):
         marker_overlay(grid, threshold=0.5, levels=[0.0, 0.5])
+
+
+def test_bands_after_a_review_leave_the_artefact_unshaded() -> None:
+    """The reviewed grid (`grid_without`) empties the cells under an Artefact box: the band there has a
+    hole, checked with shapely against the box's own centre, and every other cell is as it was."""
+    density = np.full((30, 40), 0.6)
+    grid = _field(density)
+    # A box of 4 x 4 cells in the middle, in level-0 slide pixels (cells are CELL px from ORIGIN).
+    x, y = int(ORIGIN[0] + 18 * CELL), int(ORIGIN[1] + 13 * CELL)
+    box = Hotspot(x=x, y=y, width=64, height=64, positive_fraction=0.6)
+    reviewed = grid_without(grid, [box])
+    gone = reviewed.tissue == 0
+    assert gone.sum() == 16 and gone[13:17, 18:22].all()
+    assert (reviewed.positive[~gone] == grid.positive[~gone]).all()
+    centre = shapely.Point(box.x + box.width / 2, box.y + box.height / 2)
+    before = marker_overlay(grid, threshold=0.5, levels=[0.5])
+    after = marker_overlay(reviewed, threshold=0.5, levels=[0.5])
+    assert any(shapely.Polygon(ring).contains(centre) for ring in before.bands[0].polygons)
+    assert not any(shapely.Polygon(ring).contains(centre) for ring in after.bands[0].polygons)
