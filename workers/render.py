@@ -16,6 +16,7 @@ legend of the marker colours, in the words the pathologist reads in Sectra.
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import logging
 import textwrap
@@ -158,8 +159,11 @@ def store_thumbnail(
     """Draw the run's posted results on its staged slide and keep the PNG beside the run (`/ui` shows it).
 
     Called at publish, after Sectra holds the result: a picture that cannot be drawn is logged and
-    skipped, never a reason to fail the run. No download here: without the staged copy on this pod
-    the drawing goes on a neutral canvas (`sectra-bridge render` fetches the slide instead).
+    skipped, never a reason to fail the run. No download here. The slide's own thumbnail (the
+    de-identified copy's tissue, no label) is kept for the same three days under a digest of the
+    slide id, so a later run that reused this slide's results, and so has no staged copy, is drawn
+    on it too; with neither, the drawing goes on a neutral canvas (`sectra-bridge render` fetches
+    the slide instead).
     """
     from workers.thumbnail import staged_thumbnail
 
@@ -172,12 +176,37 @@ def store_thumbnail(
                 extra={"error_type": type(exc).__name__},
             )
             picture = None
+        picture = _with_slide_cache(ctx, record, picture)
         width = record.slide_width or (picture.width if picture else 0)
         height = record.slide_height or (picture.height if picture else 0)
         image = render_result(picture, width, height, results, legend=marker_legend(record.summary))
         ctx.store.put_blob(record.run_id, THUMBNAIL_BLOB, jpeg_bytes(image), ttl_seconds=STORED_SECONDS)
     except Exception as exc:
         log.warning("result picture not stored", extra={"error_type": type(exc).__name__})
+
+
+def _slide_key(ctx: PipelineContext, slide_id: str) -> str:
+    digest = hashlib.sha256(slide_id.encode()).hexdigest()[:32]  # keys carry no slide identifiers
+    return f"{ctx.store.prefix}:slide-thumbnail:{digest}"
+
+
+def _with_slide_cache(
+    ctx: PipelineContext, record: RunRecord, picture: Image.Image | None
+) -> Image.Image | None:
+    """Keep this slide's thumbnail for later runs of it, or use the one an earlier run kept."""
+    key = _slide_key(ctx, record.slide_id)
+    try:
+        if picture is not None:
+            ctx.store.client.set(key, jpeg_bytes(picture), ex=STORED_SECONDS)
+            return picture
+        kept = ctx.store.client.get(key)
+        if kept is None:
+            return None
+        data = kept if isinstance(kept, bytes) else str(kept).encode("latin-1")
+        return Image.open(io.BytesIO(data)).convert("RGB")
+    except Exception as exc:  # a courtesy: the picture is drawn without it
+        log.warning("slide thumbnail cache unavailable", extra={"error_type": type(exc).__name__})
+        return picture
 
 
 # -- drawing helpers -----------------------------------------------------------------------------

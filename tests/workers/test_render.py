@@ -351,6 +351,44 @@ def test_store_thumbnail_keeps_the_drawing_on_the_staged_slide_beside_the_run(ct
     assert Image.open(io.BytesIO(smaller)).width == STORED_SIDE + PANEL_WIDTH
 
 
+def test_a_run_without_a_staged_copy_is_drawn_on_the_slide_an_earlier_run_kept(ctx: PipelineContext) -> None:
+    """A region run that reused results has no staged copy: its picture uses the slide's kept thumbnail."""
+    first, _ = ctx.store.create_or_get(
+        app_id="strand-default",
+        slide_id="slide-kept",
+        cancellation_token="ct-k1",
+        callback_url="http://127.0.0.1:1",
+        callback_token="tok",
+        source="create",
+    )
+    out = ctx.staging.outgoing_dir(first.run_id)
+    slide = make_svs(out / f"{first.run_id}.svs", width=2048, height=1024, phi={}, label_marker=LABEL_MARKER)
+    first = ctx.store.update(
+        first.run_id, slide_width=2048, slide_height=1024, outgoing_files=describe([slide], out)
+    )
+    store_thumbnail(ctx, first, [primitive()])
+    later, _ = ctx.store.create_or_get(
+        app_id="strand-default",
+        slide_id="slide-kept",
+        cancellation_token="ct-k2",
+        callback_url="http://127.0.0.1:1",
+        callback_token="tok",
+        source="create",
+    )
+    later = ctx.store.update(later.run_id, slide_width=2048, slide_height=1024)  # nothing staged
+    store_thumbnail(ctx, later, [primitive()])
+    pictures = [ctx.store.get_blob(r.run_id, THUMBNAIL_BLOB) for r in (first, later)]
+    assert all(p is not None for p in pictures)
+    first_px, later_px = (
+        np.asarray(Image.open(io.BytesIO(p or b"")).convert("RGB")).astype(float) for p in pictures
+    )
+    assert first_px.shape == later_px.shape
+    # The slide's noise, twice JPEG-coded, not the neutral canvas (flat grey).
+    patch = (slice(40, 80), slice(40, 80))
+    assert later_px[patch].std() > 10  # the canvas is one flat grey: std 0
+    assert np.corrcoef(first_px[patch].ravel(), later_px[patch].ravel())[0, 1] > 0.9
+
+
 def test_store_thumbnail_never_raises(ctx: PipelineContext, caplog: pytest.LogCaptureFixture) -> None:
     record, _ = ctx.store.create_or_get(
         app_id="strand-default",
