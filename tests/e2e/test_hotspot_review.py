@@ -75,6 +75,8 @@ def assert_figures(result: ResultResponse, fixture: Any, boxes: list[Box]) -> No
         shown = AREA.match(str(result.displayProperties[f"{marker} positive tissue"]))
         assert shown is not None, result.displayProperties
         got = [float(v.lstrip("<")) for v in shown.groups()]
+        truth = f"{percent:.2f}% ({positive:.4f} of {tissue:.4f})"
+        print(f"{marker} after review: shown {shown.group(0)}; truth {truth}")  # for the record (-s)
         if shown.group(1).startswith("<"):  # a tiny non-zero share reads "<0.1%"
             assert 0 < percent < 0.05, marker
         else:
