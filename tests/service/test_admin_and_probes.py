@@ -157,6 +157,16 @@ def test_admin_api_with_a_token(make_bridge: BridgeFactory) -> None:
     assert [e["event"] for e in shown.json()["events"]] == ["created"]
     assert SECTRA_TOKEN not in shown.text
 
+    # A figure that is not a number (a drawn region with no tissue has no share) reads null
+    # (pydantic's JSON dump): the JSON stays valid (RFC 8259 has no NaN) and the run is shown.
+    region = {"positive_fraction": float("nan"), "positive_area_mm2": 0.0, "tissue_area_mm2": float("inf")}
+    bridge.store.update(run_id, summary={"markers": [{"marker": "CD8", "regions": [region]}]})
+    shown = bridge.client.get(f"/runs/{run_id}", headers=auth)
+    assert shown.status_code == 200, shown.text
+    assert shown.json()["run"]["summary"]["markers"][0]["regions"] == [
+        {"positive_fraction": None, "positive_area_mm2": 0.0, "tissue_area_mm2": None}
+    ]
+
     missing = bridge.client.get("/runs/run-000000000000000000000000", headers=auth)
     assert missing.status_code == 404
     assert missing.json()["error"] == "unknown_run"
