@@ -229,7 +229,13 @@ def colour_for(index: int) -> str:
 
 
 def format_percent(fraction: float) -> str:
-    """`12.4%`; a tiny non-zero share reads `<0.1%` rather than a misleading `0.0%`."""
+    """`12.4%`; a tiny non-zero share reads `<0.1%` rather than a misleading `0.0%`.
+
+    A share of no tissue at all (NaN: a drawn region that holds none, beside others that do)
+    reads `no tissue`, never `nan%`.
+    """
+    if not math.isfinite(fraction):
+        return "no tissue"
     percent = fraction * 100
     if 0 < percent < 0.05:
         return "<0.1%"

@@ -111,6 +111,19 @@ def test_region_figures_fill_the_property_table_per_region_and_together() -> Non
     assert build_final_result(region_summary()).displayResult == "2 regions: CD8 5.0% | Ki67 15.0%"
 
 
+def test_a_region_without_tissue_beside_one_with_tissue_reads_no_tissue_not_nan() -> None:
+    empty = AreaFigures(float("nan"), 0.0, 0.0)  # what the summariser gives a region holding no tissue
+    result = build_final_result(
+        summary(
+            [marker("CD8", 0.043, regions=[AreaFigures(0.043, 0.0632, 1.47), empty])],
+            regions=[TUMOUR, STROMA],
+        )
+    )
+    assert result.displayProperties["Region 2 CD8 positive tissue"] == "no tissue (0 mm² of 0 mm²)"
+    labels = [label.label for item in items(result) for label in item.labels]
+    assert "Region 2: CD8 no tissue" in labels and not any("nan" in label for label in labels)
+
+
 def test_no_overlays_keeps_the_whole_slide_result_as_it_was() -> None:
     plain = summary([marker("CD8", 0.1, [Hotspot(400, 400, 400, 400, 0.7)])])
     result = build_final_result(plain)

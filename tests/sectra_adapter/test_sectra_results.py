@@ -153,7 +153,14 @@ def test_a_run_with_no_marker_results_says_so() -> None:
 
 @pytest.mark.parametrize(
     ("fraction", "text"),
-    [(0.0, "0.0%"), (0.0004, "<0.1%"), (0.0005, "0.1%"), (0.124, "12.4%"), (1.0, "100.0%")],
+    [
+        (0.0, "0.0%"),
+        (0.0004, "<0.1%"),
+        (0.0005, "0.1%"),
+        (0.124, "12.4%"),
+        (1.0, "100.0%"),
+        (float("nan"), "no tissue"),
+    ],
 )
 def test_format_percent(fraction: float, text: str) -> None:
     assert format_percent(fraction) == text
