@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from urllib.parse import urlsplit
 
 import redis
 
@@ -155,6 +156,16 @@ def results_index(ctx: PipelineContext) -> ResultsIndex:
     )
 
 
+def slide_of(record: RunRecord) -> str:
+    """The slide as the index knows it: its id within the Sectra system that named it.
+
+    Two PACS behind one bridge may both have a slide "1234"; the callback host tells them apart
+    (scheme, host and port, lower-cased; a path or a token never enters the key).
+    """
+    parts = urlsplit(record.callback_url.strip())
+    return f"{parts.scheme.lower()}://{(parts.netloc or '').lower()}\x1f{record.slide_id}"
+
+
 def wants_reuse(app: AppConfig, record: RunRecord) -> bool:
     """Region runs always read earlier results when there are some; whole-slide runs when the app says."""
     return record.input_type != "wholeSlide" or app.reuse_results
@@ -163,7 +174,7 @@ def wants_reuse(app: AppConfig, record: RunRecord) -> bool:
 def find_reusable(ctx: PipelineContext, record: RunRecord, app: AppConfig) -> ReuseEntry | None:
     """An earlier job of this slide whose results Strand still serves for the app's markers and model."""
     index = results_index(ctx)
-    for entry in index.candidates(record.slide_id, app.markers, app.model):
+    for entry in index.candidates(slide_of(record), app.markers, app.model):
         try:
             status = ctx.strand().jobs.get(entry.job_id).last_status
         except NotFoundError:
@@ -171,7 +182,7 @@ def find_reusable(ctx: PipelineContext, record: RunRecord, app: AppConfig) -> Re
         if status is not None and status.status in READABLE:
             return entry
         ctx.store.append_event(record.run_id, "reuse_entry_dropped", job_id=entry.job_id)
-        index.forget(record.slide_id, entry)
+        index.forget(slide_of(record), entry)
     return None
 
 
@@ -203,4 +214,4 @@ def remember(
         source_sha256=record.source_sha256,
         slide_sha256=record.slide_sha256,
     )
-    return results_index(ctx).record(record.slide_id, entry)
+    return results_index(ctx).record(slide_of(record), entry)

@@ -22,7 +22,7 @@ from tests.fixtures.slides import make_svs
 from workers.apps import AppConfig
 from workers.context import PipelineContext
 from workers.metering import InFlight
-from workers.reuse import ResultsIndex, ReuseEntry, find_reusable, remember, wants_reuse
+from workers.reuse import ResultsIndex, ReuseEntry, find_reusable, remember, slide_of, wants_reuse
 from workers.runstore import IllegalTransition, RunRecord, RunStatus, RunStore
 from workers.settings import Settings
 from workers.states import WORKING_ORDER, allowed_sources
@@ -252,16 +252,42 @@ def test_a_summarised_job_is_offered_and_found_while_strand_serves_it(
     assert not remember(ctx, reused, app, status, ["CD8", "Ki67"])
 
 
+def test_the_same_slide_id_on_another_sectra_is_another_slide(
+    strand_ctx: PipelineContext, tmp_path: Path
+) -> None:
+    ctx = strand_ctx
+    strand: FakeStrandServer = ctx.strand_server  # type: ignore[attr-defined]
+    app = AppConfig(id="app", display_name="Panel", markers=["CD8"])
+    job_id = _finished_job(strand, app.markers, tmp_path)
+    first = ctx.store.update(_record(ctx, "pacs-a").run_id, job_id=job_id)
+    status = ctx.strand().jobs.get(job_id).last_status
+    assert status is not None and remember(ctx, first, app, status, ["CD8"])
+    other, _ = ctx.store.create_or_get(
+        app_id="app",
+        slide_id="slide-1",  # the same id, named by a second PACS behind the same bridge
+        cancellation_token="pacs-b",
+        callback_url="https://other-pacs.example/ia",
+        callback_token="t",
+        source="create",
+    )
+    assert find_reusable(ctx, other, app) is None
+    same_host = ctx.store.update(
+        _record(ctx, "pacs-a-again").run_id, callback_url="HTTPS://Sectra.Example/ia/"
+    )
+    found = find_reusable(ctx, same_host, app)
+    assert found is not None and found.job_id == job_id
+
+
 def test_a_job_strand_no_longer_knows_is_dropped_and_the_run_goes_on_normally(
     strand_ctx: PipelineContext,
 ) -> None:
     ctx = strand_ctx
     app = AppConfig(id="app", display_name="Panel", markers=["CD8"])
     index = ResultsIndex(ctx.store.client, prefix=ctx.store.prefix, retention_days=7)
-    index.record("slide-1", entry("job-that-strand-deleted", completed_at=time.time() - DAY))
     record = _record(ctx, "r1")
+    index.record(slide_of(record), entry("job-that-strand-deleted", completed_at=time.time() - DAY))
     assert find_reusable(ctx, record, app) is None
-    assert index.candidates("slide-1", ["CD8"], None) == []  # forgotten, not asked again
+    assert index.candidates(slide_of(record), ["CD8"], None) == []  # forgotten, not asked again
     events = [e["event"] for e in ctx.store.events(record.run_id)]
     assert "reuse_entry_dropped" in events
 
