@@ -347,6 +347,9 @@ class LimitedProtocolFactory:
         return _protocol_for(self.limits)(*args, **kwargs)
 
 
+WORKER_HEALTHCHECK_SECONDS = 30
+
+
 def server_config(app: Any, *, host: str, port: int, limits: HttpLimits, **options: Any) -> uvicorn.Config:
     """uvicorn's configuration for the bridge; `options` pass through (tests set `log_level`)."""
     defaults: Mapping[str, Any] = {"log_config": None, "access_log": False}
@@ -361,6 +364,11 @@ def server_config(app: Any, *, host: str, port: int, limits: HttpLimits, **optio
         timeout_keep_alive=limits.keepalive_timeout,
         # The connection cap lives in the protocol (a JSON 503 at accept time, before any byte is read).
         limit_concurrency=None,
+        # `serve --workers`: the supervisor kills and replaces a worker that misses its health ping.
+        # uvicorn waits 5 s; a worker on a saturated node (or still importing the app) can take
+        # longer, and killing it drops its in-flight webhooks, so only a worker silent this long is
+        # taken for hung (found by the loaded soak: workers were replaced mid-test under load).
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
         **{**defaults, **options},
     )
 
