@@ -47,7 +47,7 @@ from workers.render import (
     render_result,
     store_thumbnail,
 )
-from workers.runstore import THUMBNAIL_BLOB, RunStore
+from workers.runstore import THUMBNAIL_BLOB, RunRecord, RunStore
 from workers.settings import Settings
 from workers.staging import BUNDLE_SUFFIX, bundle, describe
 from workers.thumbnail import slide_thumbnail
@@ -298,15 +298,20 @@ def ctx(redis_client: redis.Redis, key_prefix: str, tmp_path: Path) -> PipelineC
     )
 
 
-def test_store_thumbnail_keeps_the_drawing_on_the_staged_slide_beside_the_run(ctx: PipelineContext) -> None:
+def new_run(ctx: PipelineContext, slide_id: str, token: str) -> RunRecord:
     record, _ = ctx.store.create_or_get(
         app_id="strand-default",
-        slide_id="slide-1",
-        cancellation_token="ct-1",
+        slide_id=slide_id,
+        cancellation_token=token,
         callback_url="http://127.0.0.1:1",
         callback_token="tok",
         source="create",
     )
+    return record
+
+
+def test_store_thumbnail_keeps_the_drawing_on_the_staged_slide_beside_the_run(ctx: PipelineContext) -> None:
+    record = new_run(ctx, "slide-1", "ct-1")
     out = ctx.staging.outgoing_dir(record.run_id)
     slide = make_svs(out / f"{record.run_id}.svs", width=2048, height=1024, phi={}, label_marker=LABEL_MARKER)
     record = ctx.store.update(
@@ -353,28 +358,14 @@ def test_store_thumbnail_keeps_the_drawing_on_the_staged_slide_beside_the_run(ct
 
 def test_a_run_without_a_staged_copy_is_drawn_on_the_slide_an_earlier_run_kept(ctx: PipelineContext) -> None:
     """A region run that reused results has no staged copy: its picture uses the slide's kept thumbnail."""
-    first, _ = ctx.store.create_or_get(
-        app_id="strand-default",
-        slide_id="slide-kept",
-        cancellation_token="ct-k1",
-        callback_url="http://127.0.0.1:1",
-        callback_token="tok",
-        source="create",
-    )
+    first = new_run(ctx, "slide-kept", "ct-k1")
     out = ctx.staging.outgoing_dir(first.run_id)
     slide = make_svs(out / f"{first.run_id}.svs", width=2048, height=1024, phi={}, label_marker=LABEL_MARKER)
     first = ctx.store.update(
         first.run_id, slide_width=2048, slide_height=1024, outgoing_files=describe([slide], out)
     )
     store_thumbnail(ctx, first, [primitive()])
-    later, _ = ctx.store.create_or_get(
-        app_id="strand-default",
-        slide_id="slide-kept",
-        cancellation_token="ct-k2",
-        callback_url="http://127.0.0.1:1",
-        callback_token="tok",
-        source="create",
-    )
+    later = new_run(ctx, "slide-kept", "ct-k2")
     later = ctx.store.update(later.run_id, slide_width=2048, slide_height=1024)  # nothing staged
     store_thumbnail(ctx, later, [primitive()])
     pictures = [ctx.store.get_blob(r.run_id, THUMBNAIL_BLOB) for r in (first, later)]
@@ -390,14 +381,7 @@ def test_a_run_without_a_staged_copy_is_drawn_on_the_slide_an_earlier_run_kept(c
 
 
 def test_store_thumbnail_never_raises(ctx: PipelineContext, caplog: pytest.LogCaptureFixture) -> None:
-    record, _ = ctx.store.create_or_get(
-        app_id="strand-default",
-        slide_id="slide-2",
-        cancellation_token="ct-2",
-        callback_url="http://127.0.0.1:1",
-        callback_token="tok",
-        source="create",
-    )
+    record = new_run(ctx, "slide-2", "ct-2")
     # No slide size and no staged copy: nothing can be placed; the publish must go on regardless.
     with caplog.at_level(logging.WARNING, logger="workers.render"):
         store_thumbnail(ctx, record, [primitive()])
