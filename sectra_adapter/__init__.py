@@ -2,12 +2,14 @@
 
 The names below are the package's public surface; import them from here
 (`from sectra_adapter import SectraAdapter`), not from the modules, which may move.
-`SectraAdapter` (calls, streaming download, token refresh, one retry layer),
+`SectraAdapter` (calls, streaming download, token refresh, one retry layer), `AsyncResultPoster`
+(the webhook's result POST on its event loop),
 `ResultPublisher` (one result per run), the result builders (final, status, hotspot review), the slide gate,
 the callback-URL allow-list, the summary types shared with `workers`, and the errors.
 """
 
-from sectra_adapter._client import SectraAdapter
+from sectra_adapter._async_results import AsyncResultPoster, NotSent
+from sectra_adapter._client import SectraAdapter, results_path
 from sectra_adapter._download import DownloadedFile, ProgressCallback
 from sectra_adapter._errors import (
     CallbackUrlRefused,
@@ -55,7 +57,7 @@ from sectra_adapter._summary import (
     ReusedJob,
     RunSummary,
 )
-from sectra_adapter._transport import Urllib3Transport
+from sectra_adapter._transport import SharedTransport, Urllib3Transport
 from sectra_adapter._urls import check_callback_url, normalise_base_url
 from sectra_adapter._versions import VERSION_CACHE, api_version_at_least, version_headers
 
@@ -64,6 +66,7 @@ __all__ = [
     "MAX_TOKEN_CHARS",
     "VERSION_CACHE",
     "AreaFigures",
+    "AsyncResultPoster",
     "Backoff",
     "Band",
     "CallbackUrlRefused",
@@ -73,6 +76,7 @@ __all__ = [
     "HotspotReview",
     "MarkerOverlay",
     "MarkerSummary",
+    "NotSent",
     "Overlay",
     "ProgressCallback",
     "PublishGuard",
@@ -88,6 +92,7 @@ __all__ = [
     "SectraRequestFailed",
     "SectraUnavailable",
     "SectraVersionConflict",
+    "SharedTransport",
     "UnsafePattern",
     "Urllib3Transport",
     "api_version_at_least",
@@ -108,6 +113,7 @@ __all__ = [
     "progress_result",
     "read_review",
     "region_frames",
+    "results_path",
     "reviewed_result",
     "sectra_response_headers",
     "slide_frame",

@@ -57,7 +57,7 @@ _T = TypeVar("_T")
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _BODY_BROKE = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 _CONFLICT = frozenset({409, 412})
-_ERROR_BODY_BYTES = 4096
+ERROR_BODY_BYTES = 4096
 
 
 class _Busy(Exception):
@@ -242,7 +242,7 @@ class SectraAdapter:
     def create_results(self, app_id: str, result: Result) -> ResultResponse:
         """POST a new result. Not retried once it may have reached Sectra (a retry could store a
         second result); the caller reconciles with `get_all_results` instead."""
-        path = f"/applications/{_seg(app_id)}/results"
+        path = results_path(app_id)
         response = self._send("POST", path, json_body=result.model_dump(mode="json"), idempotent=False)
         self._check(response, path, ok=(200, 201))
         return ResultResponse.model_validate(_json(response, path))
@@ -352,28 +352,39 @@ class SectraAdapter:
 
     def _check(self, response: httpx.Response, path: str, ok: Collection[int]) -> None:
         """Raise the matching error unless the status is one the call expects."""
-        status = response.status_code
-        if status in ok:
-            return
-        if 300 <= status < 400:
-            raise SectraRequestFailed(status, path, "redirects are not followed")
-        text = _error_text(response)
-        if status in _CONFLICT:
-            raise SectraVersionConflict(status, path, text or "the result was changed by someone else")
-        raise SectraRequestFailed(status, path, text or response.reason_phrase)
+        if response.status_code not in ok:
+            raise_for_status(response.status_code, response.reason_phrase, _error_body(response), path)
 
 
-def _error_text(response: httpx.Response) -> str:
-    """A bounded excerpt of an error body; a streamed one is read only as far as needed."""
+def raise_for_status(status: int, reason: str, body: bytes, path: str) -> None:
+    """The adapter's error for an answer the call cannot use (`body`: up to 4 KiB of it).
+
+    One mapping for every client of Sectra here, the blocking adapter and the webhook's
+    asynchronous poster (`sectra_adapter._async_results`) alike.
+    """
+    if 300 <= status < 400:
+        raise SectraRequestFailed(status, path, "redirects are not followed")
+    text = error_text(body)
+    if status in _CONFLICT:
+        raise SectraVersionConflict(status, path, text or "the result was changed by someone else")
+    raise SectraRequestFailed(status, path, text or reason)
+
+
+def _error_body(response: httpx.Response) -> bytes:
+    """Up to `ERROR_BODY_BYTES` of an error body; a streamed one is read only as far as needed."""
     if response.is_stream_consumed:
-        body = response.content[:_ERROR_BODY_BYTES]
-    else:
-        body = b""
-        for chunk in response.iter_raw():
-            body += chunk
-            if len(body) >= _ERROR_BODY_BYTES:
-                break
-    text = body[:_ERROR_BODY_BYTES].decode("utf-8", "replace")
+        return response.content[:ERROR_BODY_BYTES]
+    body = b""
+    for chunk in response.iter_raw():
+        body += chunk
+        if len(body) >= ERROR_BODY_BYTES:
+            break
+    return body[:ERROR_BODY_BYTES]
+
+
+def error_text(body: bytes) -> str:
+    """A short, redacted excerpt of an error body: its JSON `message`/`detail`/`error`, else the text."""
+    text = body[:ERROR_BODY_BYTES].decode("utf-8", "replace")
     try:
         detail = json.loads(text)
     except ValueError:
@@ -395,6 +406,11 @@ def _retryable(exc: BaseException, *, idempotent: bool) -> bool:
     if isinstance(exc, (*_NOT_SENT, TokenEndpointBusy)):
         return True
     return idempotent and isinstance(exc, httpx.TransportError | _Busy)
+
+
+def results_path(app_id: str) -> str:
+    """Where a new result of `app_id` is posted (`create_results`)."""
+    return f"/applications/{_seg(app_id)}/results"
 
 
 def _seg(value: str) -> str:

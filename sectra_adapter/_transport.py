@@ -29,6 +29,19 @@ from urllib3.exceptions import (
 READ_BYTES = 1024 * 1024
 
 
+class SharedTransport(httpx.BaseTransport):
+    """A transport many clients share: closing one client leaves the pool open for the others."""
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self.inner = inner
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        """Deliberately nothing: the owner closes `inner` when it is done with it."""
+
+
 class Urllib3Transport(httpx.BaseTransport):
     """Sends each httpx request through a urllib3 pool: no retries, no redirects, no decoding.
 

@@ -1,7 +1,7 @@
 """The FastAPI application: Sectra's webhook, the admin API, probes and metrics.
 
 `create_app` takes every dependency as an argument (settings, apps, run store,
-the enqueue function, Sectra's transport) so tests and the demo wire real
+the enqueue function) so tests and the demo wire real
 parts explicitly; with none given it builds them from the environment.
 """
 
@@ -18,11 +18,13 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from sectra_adapter import SharedTransport
 from service import health, routes_admin, routes_sectra, ui
 from service.auth import require_admin_token
 from service.errors import install_error_handlers
+from service.loop_clients import DefaultEnqueue, LoopClients
 from service.openapi import build_openapi
-from service.sectra_link import DEFAULT_HEADERS, SharedTransport
+from service.sectra_link import DEFAULT_HEADERS, WEBHOOK_SECTRA_TIMEOUT
 from service.state import ServiceState, sectra_client_pool
 from workers.apps import AppConfig, load_apps
 from workers.metering import CountingTransport
@@ -58,7 +60,6 @@ def create_app(
     *,
     store: RunStore | None = None,
     enqueue: Callable[[str], None] | None = None,
-    sectra_transport: httpx.BaseTransport | None = None,
 ) -> FastAPI:
     settings = settings or get_settings()
     owned_redis: redis.Redis | None = None
@@ -67,19 +68,20 @@ def create_app(
             settings.redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
         )
         store = RunStore(owned_redis, retention_seconds=settings.run_retention_days * 86400)
-    owned_transport = None if sectra_transport is not None else httpx.HTTPTransport(limits=_SECTRA_POOL)
-    transport = sectra_transport or owned_transport
-    assert transport is not None
-    counted = SharedTransport(CountingTransport("sectra", transport))
+    owned_transport = httpx.HTTPTransport(limits=_SECTRA_POOL)
     state = ServiceState(
         settings=settings,
         apps=apps if apps is not None else load_apps(settings.apps_file),
         store=store,
         enqueue=enqueue or _enqueue_with_celery,
         # Counted like the workers' calls: `bridge_external_calls_total{service="sectra"}` by status code.
-        sectra_transport=counted,
-        # Per-invocation calls: a pooled client per Sectra server (on the caller's transport if given).
-        sectra_clients=sectra_client_pool(None if sectra_transport is None else counted),
+        sectra_transport=SharedTransport(CountingTransport("sectra", owned_transport)),
+        # Per-invocation calls: a pooled client per Sectra server.
+        sectra_clients=sectra_client_pool(),
+        # A custom `enqueue` (tests, the demo) is called in a worker thread; the default is awaited.
+        loop=LoopClients(
+            store, WEBHOOK_SECTRA_TIMEOUT, enqueue=DefaultEnqueue() if enqueue is None else None
+        ),
     )
 
     @asynccontextmanager
@@ -90,9 +92,9 @@ def create_app(
         # request can trigger and which holds the GIL, so the event loop (~80 ms when it walked it).
         gc.freeze()
         yield
+        await state.loop.close()
         state.sectra_clients.close()
-        if owned_transport is not None:
-            owned_transport.close()
+        owned_transport.close()
         if owned_redis is not None:
             owned_redis.close()
 

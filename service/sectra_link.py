@@ -1,8 +1,10 @@
 """The webhook's outbound side: which Sectra it may call, and calling it cheaply.
 
-Every invocation names its own Sectra (callback URL and token), so the webhook
-builds a short-lived `SectraAdapter` per request. Building an httpx client
-(and its TLS context) per request would cost more than the rest of the
+Every invocation names its own Sectra (callback URL and token). A `create`'s one
+call, its pending result, goes out on the event loop (`service.loop_clients`);
+the other calls (modify's review, a create's fallback after a refused token or
+connection) build a short-lived `SectraAdapter` per request. Building an httpx
+client (and its TLS context) per request would cost more than the rest of the
 request, so each adapter borrows the pooled client of its Sectra server
 (`sectra_adapter._pool`, one bounded connection pool per server), and the app
 closes the pool once, at shutdown.
@@ -12,8 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-import httpx
 
 from sectra_adapter import (
     DEFAULT_VERSIONS,
@@ -32,19 +32,6 @@ from service.state import ServiceState
 WEBHOOK_SECTRA_TIMEOUT = 10.0
 WEBHOOK_SECTRA_RETRIES = 2
 DEFAULT_HEADERS = version_headers(DEFAULT_VERSIONS)
-
-
-class SharedTransport(httpx.BaseTransport):
-    """A transport many clients share: closing one client leaves the pool open for the others."""
-
-    def __init__(self, inner: httpx.BaseTransport) -> None:
-        self.inner = inner
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        return self.inner.handle_request(request)
-
-    def close(self) -> None:
-        """Deliberately nothing: the owner closes `inner` when the app shuts down."""
 
 
 def check_callback(state: ServiceState, url: str) -> None:

@@ -9,6 +9,7 @@ import httpx
 from fastapi import Request
 
 from sectra_adapter import SectraClientPool
+from service.loop_clients import LoopClients
 from workers.apps import AppConfig
 from workers.metering import CountingTransport
 from workers.runstore import RunStore
@@ -30,18 +31,17 @@ class ServiceState:
     sectra_transport: httpx.BaseTransport
     # The clients of the webhook's per-invocation Sectra calls, one per callback server; closed at shutdown.
     sectra_clients: SectraClientPool
+    # The create path's clients on the event loop (Redis, Sectra's result POST, the queue).
+    loop: LoopClients
 
 
-def sectra_client_pool(shared: httpx.BaseTransport | None) -> SectraClientPool:
-    """Each Sectra server its own bounded connection pool, counted in `bridge_external_calls_total`;
-    or every server on `shared` (a transport the caller owns, as tests pass one)."""
+def sectra_client_pool() -> SectraClientPool:
+    """Each Sectra server its own bounded connection pool, counted in `bridge_external_calls_total`."""
 
     def own_transport() -> httpx.BaseTransport:
         return CountingTransport("sectra", httpx.HTTPTransport(limits=SECTRA_SERVER_LIMITS))
 
-    if shared is None:
-        return SectraClientPool(own_transport)
-    return SectraClientPool(lambda: shared)
+    return SectraClientPool(own_transport)
 
 
 def get_state(request: Request) -> ServiceState:

@@ -13,11 +13,13 @@ A region app (`input: taggedPolygon` or `multiArea`) takes only that input: the
 drawn region's content is kept in the run as Sectra sent it, and the pending
 result frames it ("Queued") so the pathologist sees where the work will be.
 
-Functions named `*_sync` block (Redis, Sectra) and run in a worker thread.
+Functions named `*_sync` block (Redis, Sectra) and run in a worker thread; the create path
+runs on the event loop (`service.loop_clients`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -30,9 +32,19 @@ from sectra_client.schemas import (
     DeleteInvocation,
     ModifyInvocation,
     NewImageFilesInvocation,
+    Result,
+    ResultResponse,
 )
 
-from sectra_adapter import SectraError, SectraRequestFailed, SectraUnavailable, pending_result
+from sectra_adapter import (
+    NotSent,
+    SectraError,
+    SectraRequestFailed,
+    SectraUnavailable,
+    normalise_base_url,
+    pending_result,
+    results_path,
+)
 from service.errors import SECTRA_RETRY_AFTER_SECONDS, ApiError, unavailable
 from service.sectra_link import adapter_for
 from service.state import ServiceState
@@ -41,7 +53,7 @@ from workers.case import run_token
 from workers.dispatch import cancel_strand_job
 from workers.ids import is_run_id
 from workers.observability import RUNS_STARTED, run_context
-from workers.runstore import RunNotFound, RunSource, StepClaim
+from workers.runstore import RunNotFound, RunSource
 from workers.sectra_progress import region_input_frame
 
 log = logging.getLogger(__name__)
@@ -59,16 +71,27 @@ async def start_run(
     invocation: CreateInvocation | NewImageFilesInvocation,
     source: RunSource,
 ) -> dict[str, Any]:
-    """The pending result stored in Sectra for this invocation, creating the run if it is new."""
+    """The pending result stored in Sectra for this invocation, creating the run if it is new.
+
+    On the event loop throughout (`service.loop_clients`); only a fallback or a failure takes a thread.
+    """
     check_input(app, invocation)
-    # Create, claim and (usually) store the pending result in one worker-thread hop: the common
-    # case, a new invocation, ends there.
-    run_id, claim, result = await anyio.to_thread.run_sync(
-        _first_attempt_sync, state, app, invocation, source
+    runs = state.loop.runs
+    # The record and the pending-result lease in one Redis round trip (`RunStore.create_and_claim`).
+    run_id, created, claim = await runs.create_and_claim(
+        app_id=app.id,
+        slide_id=invocation.slideId,
+        cancellation_token=run_token(app, invocation.cancellationToken),
+        callback_url=invocation.callbackInfo.url,
+        callback_token=invocation.callbackInfo.token,
+        source=source,
+        step=PENDING_LEASE,
+        ttl_seconds=PENDING_LEASE_SECONDS,
+        done_field="pending_result",
     )
-    if result is not None:
-        return result
     with run_context(run_id=run_id, app=app.id):
+        if not created:
+            log.info("duplicate invocation; answering with the run's pending result")
         deadline = time.monotonic() + DUPLICATE_WAIT_SECONDS
         pause = 0.02
         while True:
@@ -77,9 +100,10 @@ async def start_run(
                 return done
             if claim.outcome == "claimed":
                 assert claim.token is not None
-                return await anyio.to_thread.run_sync(
-                    _store_pending_sync, state, app, invocation, run_id, source, claim.token
-                )
+                # Shielded: once the lease is ours, the result is stored and recorded (or the run
+                # discarded) even if Sectra hangs up on us meanwhile, as a worker thread would.
+                with anyio.CancelScope(shield=True):
+                    return await _store_pending(state, app, invocation, run_id, source, claim.token)
             if claim.outcome == "gone":
                 raise unavailable(
                     "sectra_unavailable",
@@ -95,7 +119,9 @@ async def start_run(
                 )
             await anyio.sleep(pause)
             pause = min(pause * 2, 0.25)
-            claim = await anyio.to_thread.run_sync(_claim_sync, state, run_id)
+            claim = await runs.claim_step(
+                run_id, PENDING_LEASE, ttl_seconds=PENDING_LEASE_SECONDS, done_field="pending_result"
+            )
 
 
 def check_input(app: AppConfig, invocation: CreateInvocation | NewImageFilesInvocation) -> None:
@@ -118,42 +144,7 @@ def _input_fields(invocation: CreateInvocation | NewImageFilesInvocation) -> dic
     return {"input_type": kind, "region_input": region}
 
 
-def _claim_sync(state: ServiceState, run_id: str) -> StepClaim:
-    return state.store.claim_step(
-        run_id, PENDING_LEASE, ttl_seconds=PENDING_LEASE_SECONDS, done_field="pending_result"
-    )
-
-
-def _first_attempt_sync(
-    state: ServiceState,
-    app: AppConfig,
-    invocation: CreateInvocation | NewImageFilesInvocation,
-    source: RunSource,
-) -> tuple[str, StepClaim, dict[str, Any] | None]:
-    # The record and the pending-result lease in one Redis round trip (`RunStore.create_and_claim`).
-    run_id, created, claim = state.store.create_and_claim(
-        app_id=app.id,
-        slide_id=invocation.slideId,
-        cancellation_token=run_token(app, invocation.cancellationToken),
-        callback_url=invocation.callbackInfo.url,
-        callback_token=invocation.callbackInfo.token,
-        source=source,
-        step=PENDING_LEASE,
-        ttl_seconds=PENDING_LEASE_SECONDS,
-        done_field="pending_result",
-    )
-    if not created:
-        with run_context(run_id=run_id, app=app.id):
-            log.info("duplicate invocation; answering with the run's pending result")
-    if claim.outcome != "claimed":
-        return run_id, claim, None
-    assert claim.token is not None
-    with run_context(run_id=run_id, app=app.id):
-        result = _store_pending_sync(state, app, invocation, run_id, source, claim.token)
-    return run_id, claim, result
-
-
-def _store_pending_sync(
+async def _store_pending(
     state: ServiceState,
     app: AppConfig,
     invocation: CreateInvocation | NewImageFilesInvocation,
@@ -165,24 +156,22 @@ def _store_pending_sync(
 
     The worker updates this very result later, so it must be saved before the run is enqueued.
     """
-    store = state.store
     inputs = _input_fields(invocation)
     # A region is framed where it was drawn; a whole slide's size is not known yet (no frame until then).
     frame = region_input_frame(inputs["region_input"]) or None
+    pending = pending_result(invocation.slideId, app.version, frame=frame)
     try:
-        with adapter_for(state, invocation.callbackInfo.url, invocation.callbackInfo.token, app.id) as sectra:
-            stored = sectra.create_results(
-                app.id, pending_result(invocation.slideId, app.version, frame=frame)
-            )
+        stored = await _create_in_sectra(state, app, invocation, pending)
     except BaseException as exc:
-        store.delete(run_id)  # never leave a run without a pending result: a retry starts afresh
-        store.release_lease(run_id, PENDING_LEASE, lease)
+        # Never leave a run without a pending result: a retry starts afresh.
+        await anyio.to_thread.run_sync(_discard_sync, state, run_id, lease)
         if not isinstance(exc, SectraError):
             raise
         log.warning("could not store the pending result in Sectra; run discarded", extra={"reason": str(exc)})
         raise _sectra_refusal(exc) from None
     body = stored.model_dump(mode="json")
-    store.complete_step(
+    # The run's result and (where the queue shares the store's database) its first step, in one MULTI.
+    queued = await state.loop.record_and_enqueue(
         run_id,
         PENDING_LEASE,
         lease,
@@ -192,21 +181,65 @@ def _store_pending_sync(
         sectra_result_id=stored.id,
         sectra_version_id=stored.versionId,
         message=stored.displayResult,
-        # In the write that makes the run visible to workers (the enqueue comes after it), so no
-        # worker ever sees a region run without its region; `create_and_claim` takes no fields.
+        # In the write that makes the run visible to workers (the enqueue comes with or after it), so
+        # no worker ever sees a region run without its region; `create_and_claim` takes no fields.
         **inputs,
     )
     RUNS_STARTED.labels(app=app.id).inc()
+    if not queued:
+        await _enqueue(state, run_id)
+    log.info("run created", extra={"source": source, "sectra_result_id": stored.id})
+    return body
+
+
+async def _enqueue(state: ServiceState, run_id: str) -> None:
+    """The run's first step, when it did not go with the record: the default enqueue awaited, or the
+    app's own (tests, the demo) in a thread; a failure leaves the run to the recovery sweep."""
     try:
-        state.enqueue(run_id)
+        if state.loop.enqueue is not None:
+            await state.loop.enqueue(run_id)
+        else:
+            await anyio.to_thread.run_sync(state.enqueue, run_id)
     except Exception as exc:
         # The run is recorded with its result; the workers' recovery sweep re-drives it.
         log.error(
             "could not enqueue the run; recovery will pick it up", extra={"error_type": type(exc).__name__}
         )
-        store.append_event(run_id, "enqueue_failed", error_type=type(exc).__name__)
-    log.info("run created", extra={"source": source, "sectra_result_id": stored.id})
-    return body
+        event = functools.partial(state.store.append_event, run_id, "enqueue_failed")
+        await anyio.to_thread.run_sync(functools.partial(event, error_type=type(exc).__name__))
+
+
+async def _create_in_sectra(
+    state: ServiceState,
+    app: AppConfig,
+    invocation: CreateInvocation | NewImageFilesInvocation,
+    pending: Result,
+) -> ResultResponse:
+    """The pending result's POST on the loop; through `SectraAdapter` (retries, token renewal) when
+    it certainly stored nothing: the adapter may still succeed, or names what went wrong."""
+    callback = invocation.callbackInfo
+    base_url = normalise_base_url(callback.url, state.settings.allow_http)
+    try:
+        return await state.loop.sectra.create_results(
+            base_url, callback.token, pending, path=results_path(app.id)
+        )
+    except NotSent:
+        return await anyio.to_thread.run_sync(_create_with_adapter, state, app, invocation, pending)
+
+
+def _create_with_adapter(
+    state: ServiceState,
+    app: AppConfig,
+    invocation: CreateInvocation | NewImageFilesInvocation,
+    pending: Result,
+) -> ResultResponse:
+    with adapter_for(state, invocation.callbackInfo.url, invocation.callbackInfo.token, app.id) as sectra:
+        return sectra.create_results(app.id, pending)
+
+
+def _discard_sync(state: ServiceState, run_id: str, lease: str) -> None:
+    state.store.delete(run_id)
+    state.store.release_lease(run_id, PENDING_LEASE, lease)
 
 
 def _sectra_refusal(exc: SectraError) -> ApiError:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from sectra_adapter import Backoff, SectraAdapter, Urllib3Transport
+from sectra_adapter import Backoff, SectraAdapter, SharedTransport, Urllib3Transport
 from strand_client import Client as StrandClient
 from workers.apps import AppConfig
 from workers.errors import RunCancelled
@@ -42,6 +42,9 @@ class PipelineContext:
     max_attempts: int = 5
     progress_interval: float = 5.0
     _strand: StrandClient | None = field(default=None, init=False, repr=False)
+    # The wire under every Sectra adapter of this process (urllib3's pool is thread-safe and keyed by
+    # server): a progress update every few seconds per run reuses a connection, not a handshake.
+    _sectra_wire: httpx.BaseTransport | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def strand(self) -> StrandClient:
@@ -52,7 +55,15 @@ class PipelineContext:
             return self._strand
 
     def sectra(self, record: RunRecord) -> SectraAdapter:
-        """A Sectra adapter for this run's callback (each invocation names its own Sectra and token)."""
+        """A Sectra adapter for this run's callback (each invocation names its own Sectra and token).
+
+        Each adapter is its own httpx client (no cookies or tokens shared between runs) over the
+        process's one connection pool.
+        """
+        with self._lock:
+            if self._sectra_wire is None:
+                self._sectra_wire = self.sectra_transport or CountingTransport("sectra", Urllib3Transport())
+            wire = SharedTransport(self._sectra_wire)
         secret = self.settings.sectra_client_secret
         return SectraAdapter(
             record.callback_url,
@@ -61,7 +72,7 @@ class PipelineContext:
             client_id=self.settings.sectra_client_id,
             client_secret=secret.get_secret_value() if secret else None,
             application_id=record.app_id,
-            transport=self.sectra_transport or CountingTransport("sectra", Urllib3Transport()),
+            transport=wire,
             backoff=self.sectra_backoff,
         )
 
@@ -82,3 +93,6 @@ class PipelineContext:
             if self._strand is not None:
                 self._strand.close()
                 self._strand = None
+            if self._sectra_wire is not None and self.sectra_transport is None:
+                self._sectra_wire.close()  # a transport the caller passed is the caller's to close
+            self._sectra_wire = None

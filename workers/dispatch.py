@@ -5,11 +5,15 @@ from __future__ import annotations
 import functools
 from urllib.parse import urlsplit
 
+import anyio
+import redis.asyncio
+
 from workers import runtime
 from workers.celery_app import QUEUE, celery_app
 from workers.runstore import RunRecord, RunStatus
+from workers.runstore_async import asyncio_twin, same_database
 from workers.settings import get_settings
-from workers.step_queue import StepMessage, put_first_step
+from workers.step_queue import StepMessage, put_first_step, put_first_step_async, queue_first_step
 from workers.tasks import run_step, schedule
 
 
@@ -29,6 +33,39 @@ def enqueue_run_direct(run_id: str) -> None:
         schedule(run_id)
         return
     put_first_step(runtime.redis_client(), runtime.scheduler(), message, run_id)
+
+
+class DirectEnqueue:
+    """`enqueue_run_direct` for the webhook's event loop: the same message and MULTI, awaited.
+
+    Its asyncio client is made on first use, on the loop that awaits it; `close()` at shutdown.
+    """
+
+    def __init__(self) -> None:
+        self._client: redis.asyncio.Redis | None = None
+
+    async def __call__(self, run_id: str) -> None:
+        message = _direct_message()
+        if message is None:
+            await anyio.to_thread.run_sync(schedule, run_id)
+            return
+        if self._client is None:
+            self._client = asyncio_twin(runtime.redis_client())
+        await put_first_step_async(self._client, runtime.scheduler(), message, run_id)
+
+    def queue_with(self, pipe: redis.asyncio.client.Pipeline, store_client: redis.Redis, run_id: str) -> bool:
+        """Queue the run's first step on the caller's MULTI (the run store's), when the queue is in the
+        store's own database; False (nothing queued) otherwise: then await the enqueue itself."""
+        message = _direct_message()
+        if message is None or not same_database(store_client, runtime.redis_client()):
+            return False
+        queue_first_step(pipe, runtime.scheduler(), message, run_id)
+        return True
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
 
 
 def _direct_message() -> StepMessage | None:

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 import redis
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
-from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
+from typing_extensions import TypedDict, Unpack  # pydantic needs this TypedDict on Python < 3.12
 
 from workers.ids import RUN_ID_RULE, is_run_id
 from workers.observability import redact_value
@@ -128,6 +128,9 @@ class RunRecord(BaseModel):
     upload_total: int | None = None
     upload_complete: bool = False
     submit_intent_at: float | None = None
+    # The last estimate (`workers.stages.submit`): its figures, when, and for which upload and request,
+    # so a submit Strand refused for being busy (429) is retried without pricing the job again.
+    estimate: dict[str, Any] | None = None
     job_id: str | None = None
     job_status: str | None = None
     progress_posted_at: float | None = None  # last progress pushed to Sectra, for throttling
@@ -242,7 +245,7 @@ return {1}
 # KEYS: record, events, lease[, result index].
 # ARGV: ttl, run_id, return record (1/0), lease token ('' = none), event ('' = none), ts, data, maxlen,
 #       field/value...
-_WRITE = """
+WRITE_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return false
 end
@@ -278,7 +281,7 @@ return id
 """
 
 # KEYS: record, lease. ARGV: done field, token, ttl ms.
-_CLAIM = """
+CLAIM_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'gone'}
 end
@@ -292,12 +295,12 @@ end
 return {'busy'}
 """
 
-# `_CREATE` then `_CLAIM` in one round trip: the webhook's create path, where each round trip is a
+# `_CREATE` then `CLAIM_SCRIPT` in one round trip: the webhook's create path, where each round trip is a
 # thread hop and a GIL hand-off under load. A run created here has no output yet, so it is claimed
 # unless a holder of a deleted predecessor's lease is still on it.
 # KEYS: record, all-index, status-index, app-index, lease.
 # ARGV: ttl, score, prune-before, run_id, done field, lease token, lease ttl ms, field/value...
-_CREATE_AND_CLAIM = """
+CREATE_AND_CLAIM_SCRIPT = """
 local created = 0
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local done = redis.call('HGET', KEYS[1], ARGV[5])
@@ -328,6 +331,56 @@ return 0
 """
 
 
+class CreateAndClaimRequest(TypedDict):
+    """A new run's invocation fields and the step to claim on it (`RunStore.create_and_claim`)."""
+
+    app_id: str
+    slide_id: str
+    cancellation_token: str
+    callback_url: str
+    callback_token: str
+    source: RunSource
+    step: str
+    ttl_seconds: float
+    done_field: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimCall:
+    """`CLAIM_SCRIPT`'s keys and arguments, and how to read its reply."""
+
+    token: str
+    keys: list[str]
+    args: list[Any]
+
+    def outcome(self, reply: Any) -> StepClaim:
+        outcome = _text(reply[0])
+        if outcome == "done":
+            return StepClaim("done", value=json.loads(_text(reply[1])))
+        if outcome == "claimed":
+            return StepClaim("claimed", token=self.token)
+        return StepClaim("gone" if outcome == "gone" else "busy")
+
+
+@dataclass(frozen=True, slots=True)
+class CreateAndClaimCall:
+    """`CREATE_AND_CLAIM_SCRIPT`'s keys and arguments, and how to read its reply."""
+
+    run_id: str
+    token: str
+    keys: list[str]
+    args: list[Any]
+
+    def outcome(self, reply: Any) -> tuple[str, bool, StepClaim]:
+        created = int(reply[0]) == 1
+        outcome = _text(reply[1])
+        if outcome == "done":
+            return self.run_id, created, StepClaim("done", value=json.loads(_text(reply[2])))
+        if outcome == "claimed":
+            return self.run_id, created, StepClaim("claimed", token=self.token)
+        return self.run_id, created, StepClaim("busy")
+
+
 class RunStore:
     """Typed, atomic access to run records; safe to share between threads (redis-py pools connections)."""
 
@@ -340,11 +393,11 @@ class RunStore:
         self._prefix = prefix
         self._ttl = retention_seconds
         self._create_script = redis.register_script(_CREATE)
-        self._write_script = redis.register_script(_WRITE)
+        self._write_script = redis.register_script(WRITE_SCRIPT)
         self._append_script = redis.register_script(_APPEND)
         self._release_script = redis.register_script(_RELEASE)
-        self._claim_script = redis.register_script(_CLAIM)
-        self._create_and_claim_script = redis.register_script(_CREATE_AND_CLAIM)
+        self._claim_script = redis.register_script(CLAIM_SCRIPT)
+        self._create_and_claim_script = redis.register_script(CREATE_AND_CLAIM_SCRIPT)
 
     @property
     def client(self) -> redis.Redis:
@@ -473,12 +526,17 @@ class RunStore:
 
         The counterpart of `claim_step`; False when the run was deleted meanwhile.
         """
+        call = self.complete_step_call(run_id, name, token, event=event, event_data=event_data, **fields)
+        return call is not None and self._write_script(keys=call[0], args=call[1]) is not None
+
+    def complete_step_call(
+        self, run_id: str, name: str, token: str, *, event: str, event_data: Mapping[str, Any], **fields: Any
+    ) -> tuple[list[str], list[Any]] | None:
+        """The keys and arguments of `complete_step`'s script (`WRITE_SCRIPT`); None: no such run."""
         if "status" in fields:
             raise ValueError("use transition() to change a run's status")
         lease = (self._lease_key(run_id, name), token)
-        return (
-            self._write(run_id, fields, want_record=False, lease=lease, event=(event, event_data)) is not None
-        )
+        return self._write_call(run_id, fields, want_record=False, lease=lease, event=(event, event_data))
 
     def _write(
         self,
@@ -489,6 +547,18 @@ class RunStore:
         lease: tuple[str, str] | None = None,
         event: tuple[str, Mapping[str, Any]] | None = None,
     ) -> Any:
+        call = self._write_call(run_id, fields, want_record=want_record, lease=lease, event=event)
+        return None if call is None else self._write_script(keys=call[0], args=call[1])
+
+    def _write_call(
+        self,
+        run_id: str,
+        fields: dict[str, Any],
+        *,
+        want_record: bool,
+        lease: tuple[str, str] | None = None,
+        event: tuple[str, Mapping[str, Any]] | None = None,
+    ) -> tuple[list[str], list[Any]] | None:
         _refuse_identity(fields)
         if not is_run_id(run_id):
             return None  # as for a deleted run
@@ -512,7 +582,7 @@ class RunStore:
             _EVENTS_MAX,
             *_encode(fields),
         ]
-        return self._write_script(keys=keys, args=args)
+        return keys, args
 
     def transition(self, run_id: str, to: RunStatus, *, retry: bool = False, **fields: Any) -> RunRecord:
         """Move a run to `to` (with checkpoint fields) if the state machine allows it, atomically.
@@ -638,40 +708,43 @@ class RunStore:
         One atomic check answers all four cases a retried request can meet: the run is gone,
         the step is done (with its recorded output), another holder is on it, or it is ours.
         """
+        call = self.claim_step_call(run_id, name, ttl_seconds=ttl_seconds, done_field=done_field)
+        if call is None:
+            return StepClaim("gone")
+        return call.outcome(self._claim_script(keys=call.keys, args=call.args))
+
+    def claim_step_call(
+        self, run_id: str, name: str, *, ttl_seconds: float, done_field: str
+    ) -> ClaimCall | None:
+        """What `claim_step` sends (None: no such run can exist), for a caller with its own client."""
         if done_field not in RunRecord.model_fields:
             raise ValueError(f"RunRecord has no field {done_field!r}")
         if not is_run_id(run_id):
-            return StepClaim("gone")
+            return None
         token = uuid.uuid4().hex
-        reply = self._claim_script(
-            keys=[self._record_key(run_id), self._lease_key(run_id, name)],
-            args=[done_field, token, int(ttl_seconds * 1000)],
+        return ClaimCall(
+            token,
+            [self._record_key(run_id), self._lease_key(run_id, name)],
+            [done_field, token, int(ttl_seconds * 1000)],
         )
-        outcome = _text(reply[0])
-        if outcome == "done":
-            return StepClaim("done", value=json.loads(_text(reply[1])))
-        if outcome == "claimed":
-            return StepClaim("claimed", token=token)
-        return StepClaim("gone" if outcome == "gone" else "busy")
 
-    def create_and_claim(
-        self,
-        *,
-        app_id: str,
-        slide_id: str,
-        cancellation_token: str,
-        callback_url: str,
-        callback_token: str,
-        source: RunSource,
-        step: str,
-        ttl_seconds: float,
-        done_field: str,
-    ) -> tuple[str, bool, StepClaim]:
+    def create_and_claim(self, **request: Unpack[CreateAndClaimRequest]) -> tuple[str, bool, StepClaim]:
         """`create_or_get` and `claim_step` in one atomic round trip: (run id, created, claim).
 
         Exactly one of any number of concurrent callers creates the run, and at most one holds the
         step's lease; the others see it `busy`, or `done` with the step's recorded output.
         """
+        call = self.create_and_claim_call(**request)
+        return call.outcome(self._create_and_claim_script(keys=call.keys, args=call.args))
+
+    def create_and_claim_call(self, **request: Unpack[CreateAndClaimRequest]) -> CreateAndClaimCall:
+        """What `create_and_claim` sends, for a caller with its own (asynchronous) Redis client."""
+        app_id, slide_id, cancellation_token = (
+            request["app_id"],
+            request["slide_id"],
+            request["cancellation_token"],
+        )
+        step, ttl_seconds, done_field = request["step"], request["ttl_seconds"], request["done_field"]
         if done_field not in RunRecord.model_fields:
             raise ValueError(f"RunRecord has no field {done_field!r}")
         now = time.time()
@@ -684,41 +757,24 @@ class RunStore:
             "app_id": app_id,
             "slide_id": slide_id,
             "cancellation_token": cancellation_token,
-            "source": source,
-            "callback_url": callback_url,
-            "callback_token": callback_token,
+            "source": request["source"],
+            "callback_url": request["callback_url"],
+            "callback_token": request["callback_token"],
             "created_at": now,
             "updated_at": now,
             "status": RunStatus.received.value,
         }
         encoded = [part for name, value in fields.items() for part in (name, json.dumps(value))]
         token = uuid.uuid4().hex
-        reply = self._create_and_claim_script(
-            keys=[
-                self._record_key(run_id),
-                self._index_all(),
-                self._index_status(RunStatus.received),
-                self._index_app(app_id),
-                self._lease_key(run_id, step),
-            ],
-            args=[
-                self._ttl,
-                now,
-                self._prune_before(now),
-                run_id,
-                done_field,
-                token,
-                int(ttl_seconds * 1000),
-                *encoded,
-            ],
-        )
-        created = int(reply[0]) == 1
-        outcome = _text(reply[1])
-        if outcome == "done":
-            return run_id, created, StepClaim("done", value=json.loads(_text(reply[2])))
-        if outcome == "claimed":
-            return run_id, created, StepClaim("claimed", token=token)
-        return run_id, created, StepClaim("busy")
+        keys = [
+            self._record_key(run_id),
+            self._index_all(),
+            self._index_status(RunStatus.received),
+            self._index_app(app_id),
+            self._lease_key(run_id, step),
+        ]
+        args = [self._ttl, now, self._prune_before(now), run_id, done_field, token, int(ttl_seconds * 1000)]
+        return CreateAndClaimCall(run_id, token, keys, [*args, *encoded])
 
     def release_lease(self, run_id: str, name: str, token: str) -> None:
         """Release a lease if (and only if) this token still holds it."""

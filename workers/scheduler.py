@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass
 
 import redis
+import redis.asyncio
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +47,9 @@ class StepScheduler:
             pipe.execute()
         return token
 
-    def queue_new_token(self, pipe: redis.client.Pipeline, run_id: str, delay: float = 0.0) -> str:
+    def queue_new_token(
+        self, pipe: redis.client.Pipeline | redis.asyncio.client.Pipeline, run_id: str, delay: float = 0.0
+    ) -> str:
         """`new_token`'s writes, queued on the caller's MULTI, so a message queued after them in the
         same transaction can never be seen by a worker before its token is current."""
         token = uuid.uuid4().hex

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+import redis.asyncio
 
 from workers.priority import NORMAL, queue_key
 from workers.scheduler import StepScheduler
@@ -94,10 +95,31 @@ class StepMessage:
         return json.dumps(envelope).encode()
 
 
+def queue_first_step(
+    pipe: redis.client.Pipeline | redis.asyncio.client.Pipeline,
+    scheduler: StepScheduler,
+    message: StepMessage,
+    run_id: str,
+) -> str:
+    """A fresh step token and its message, queued on the caller's MULTI (the token first); returns it."""
+    token = scheduler.queue_new_token(pipe, run_id)
+    pipe.lpush(queue_key(message.queue, message.priority), message.encode((run_id, token)))
+    return token
+
+
 def put_first_step(client: redis.Redis, scheduler: StepScheduler, message: StepMessage, run_id: str) -> str:
     """Make a fresh step token current and queue its message, atomically; returns the token."""
     with client.pipeline(transaction=True) as pipe:
-        token = scheduler.queue_new_token(pipe, run_id)
-        pipe.lpush(queue_key(message.queue, message.priority), message.encode((run_id, token)))
+        token = queue_first_step(pipe, scheduler, message, run_id)
         pipe.execute()
+    return token
+
+
+async def put_first_step_async(
+    client: redis.asyncio.Redis, scheduler: StepScheduler, message: StepMessage, run_id: str
+) -> str:
+    """`put_first_step` on an asyncio client (the webhook's event loop): the same MULTI, awaited."""
+    async with client.pipeline(transaction=True) as pipe:
+        token = queue_first_step(pipe, scheduler, message, run_id)
+        await pipe.execute()
     return token

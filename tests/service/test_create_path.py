@@ -1,5 +1,5 @@
 """The cheap create path: the run and its pending-result lease in one Redis round trip, the first
-step queued directly, and Sectra reached through a pooled client.
+step queued directly, Sectra's result POST and the Redis writes made on the event loop.
 
 Real Redis, Sectra's own mock server, our webhook under uvicorn. The once-only guarantees are
 those of `create_or_get` + `claim_step` (tests/workers/test_runstore.py), now in one script.
@@ -15,9 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 import redis
+import redis.asyncio
 
 from service.app import create_app
 from service.webhook import PENDING_LEASE
@@ -142,19 +144,22 @@ def test_a_lease_left_by_a_deleted_run_keeps_a_new_copy_busy(
     assert created and again.outcome == "busy"
 
 
-def test_creates_borrow_one_pooled_client_and_build_none(
+def test_creates_build_no_client_per_request(
     make_bridge: BridgeFactory, sectra: RecordingSectra, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The first create makes the loop's clients; the next ones reuse them (no httpx or aiohttp client,
+    no Redis connection pool built per request)."""
     bridge = make_bridge()
-    assert bridge.post(bridge.invocation()).status_code == 200  # the first builds the server's client
-    built: list[object] = []
-    original = httpx.Client.__init__
+    assert bridge.post(bridge.invocation()).status_code == 200
+    built: list[str] = []
+    for cls in (httpx.Client, aiohttp.ClientSession, redis.asyncio.ConnectionPool):
+        original = cls.__init__
 
-    def counting_init(self: httpx.Client, *args: Any, **kwargs: Any) -> None:
-        built.append(self)
-        original(self, *args, **kwargs)
+        def counting_init(self: Any, *args: Any, __original: Any = original, **kwargs: Any) -> None:
+            built.append(type(self).__name__)
+            __original(self, *args, **kwargs)
 
-    monkeypatch.setattr(httpx.Client, "__init__", counting_init)
+        monkeypatch.setattr(cls, "__init__", counting_init)
     answers = [bridge.post(bridge.invocation()) for _ in range(5)]
     assert [a.status_code for a in answers] == [200] * 5
     assert built == []
@@ -202,7 +207,18 @@ def test_ten_concurrent_duplicates_queue_one_step_with_a_current_token(
     assert SECTRA_TOKEN not in json.dumps(messages[0])  # the queue carries ids, never the callback token
 
 
-def test_the_pooled_clients_are_closed_when_the_app_shuts_down(
+def _create_body(sectra: RecordingSectra, cancellation_token: str) -> dict[str, Any]:
+    return {
+        "action": "create",
+        "applicationId": "strand-default",
+        "slideId": "slide-42",
+        "callbackInfo": {"url": sectra.url, "token": SECTRA_TOKEN},
+        "cancellationToken": cancellation_token,
+        "input": {"type": "wholeSlide"},
+    }
+
+
+def test_the_clients_are_closed_when_the_app_shuts_down(
     sectra: RecordingSectra, redis_client: redis.Redis, key_prefix: str, tmp_path: Path
 ) -> None:
     settings = Settings(
@@ -213,17 +229,64 @@ def test_the_pooled_clients_are_closed_when_the_app_shuts_down(
     )
     state = app.state.bridge
     with ServerThread(app) as server:
-        body = {
-            "action": "create",
-            "applicationId": "strand-default",
-            "slideId": "slide-42",
-            "callbackInfo": {"url": sectra.url, "token": SECTRA_TOKEN},
-            "cancellationToken": "ct-shutdown",
-            "input": {"type": "wholeSlide"},
-        }
+        body = _create_body(sectra, "ct-shutdown")
         assert httpx.post(f"{server.url}/sectra/strand-default", json=body, timeout=30).status_code == 200
-        assert len(state.sectra_clients) == 1
+        assert state.loop.is_open
+    assert not state.loop.is_open
     with pytest.raises(RuntimeError, match="closed"), state.sectra_clients.client(sectra.url):
         pass
     for key in redis_client.scan_iter(f"{key_prefix}:*"):
         redis_client.delete(key)
+
+
+def _commands_on(url: str, until: bytes, into: list[str], ready: threading.Event) -> None:
+    """MONITOR's view of database `url`'s commands (name first), until an ECHO of `until` passes."""
+    db = int(url.rsplit("/", 1)[1])
+    with redis.Redis.from_url(url).monitor() as monitor:
+        ready.set()
+        for command in monitor.listen():
+            if command["db"] != db or command.get("client_type") == "lua":  # a script's own calls
+                continue
+            if command["command"] == f"ECHO {until.decode()}":
+                return
+            into.append(command["command"].split(" ", 1)[0].upper())
+
+
+def test_the_default_create_records_and_queues_in_one_transaction(
+    sectra: RecordingSectra, queue_env: redis.Redis, tmp_path: Path
+) -> None:
+    """With the queue in the store's database (as deployed), a create is two Redis round trips: the
+    create-and-claim script, then one MULTI holding the pending result's write and the first step."""
+    url = queue_env.connection_pool.connection_kwargs
+    redis_url = f"redis://{url['host']}:{url['port']}/{url['db']}"
+    settings = Settings(
+        SECTRA_ALLOWED_CALLBACK_URLS=sectra.url,
+        SECTRA_ALLOW_HTTP=True,
+        BRIDGE_WORK_DIR=tmp_path / "work",
+        REDIS_URL=redis_url,
+    )
+    app = create_app(settings, bridge_apps())  # the deployed wiring: its own store, the default enqueue
+    seen: list[str] = []
+    ready = threading.Event()
+    watcher = threading.Thread(target=_commands_on, args=(redis_url, b"end-of-create", seen, ready))
+    with ServerThread(app) as server:
+        body = _create_body(sectra, "ct-one-transaction")
+        warm = {**body, "cancellationToken": "ct-warm-up"}  # loads the scripts, opens the connections
+        assert httpx.post(f"{server.url}/sectra/strand-default", json=warm, timeout=30).status_code == 200
+        watcher.start()
+        assert ready.wait(10)
+        answer = httpx.post(f"{server.url}/sectra/strand-default", json=body, timeout=30)
+        queue_env.echo("end-of-create")
+        watcher.join(10)
+    assert answer.status_code == 200
+    assert seen[0] == "EVALSHA" and seen[1] == "MULTI" and seen[-1] == "EXEC", seen
+    assert {"EVAL", "HSET", "LPUSH"} <= set(seen[1:]), seen
+    assert seen.count("MULTI") == 1 and "EVALSHA" not in seen[1:]
+    store = RunStore(queue_env)
+    run_id = store.find("strand-default", "slide-42", "ct-one-transaction")
+    assert run_id is not None and store.require(run_id).pending_result == answer.json()
+    messages = [json.loads(raw) for raw in queue_env.lrange(queue_key(QUEUE, NORMAL), 0, -1)]
+    mine = [json.loads(base64.b64decode(m["body"]))[0] for m in messages]
+    assert [args[0] for args in mine].count(run_id) == 1
+    token = next(args[1] for args in mine if args[0] == run_id)
+    assert runtime.scheduler().is_current(run_id, token)

@@ -6,6 +6,13 @@ limits (`workers.quotas`), whose counters take the estimate before the POST.
 The intent is persisted *before* the POST. If the worker dies (or the answer
 is lost) after that, the next attempt asks Strand which jobs exist for the
 upload and adopts the one this run created instead of paying twice.
+
+A busy organisation (`POST /predict` 429: at Strand's cap on running jobs, nothing
+reserved) makes a run ask again and again. It then asks only the POST: the 429
+proves no job was made, so the intent this attempt recorded is withdrawn (no
+lookup next time), and the estimate is reused for `ESTIMATE_REUSE_SECONDS`
+(the guardrails are checked again on its figures; Strand checks the balance itself
+when it takes the job).
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 
-from strand_client import JobStatus, NotFoundError, SubmissionUncertainError
+from strand_client import Estimate, JobStatus, NotFoundError, RateLimitError, SubmissionUncertainError
 from workers import messages
 from workers.context import PipelineContext
 from workers.errors import RunRefused, SubmissionPending
@@ -25,6 +32,34 @@ log = logging.getLogger(__name__)
 
 # Strand's and our clocks differ; a job created this long before our intent still counts.
 _CLOCK_SKEW_SECONDS = 300.0
+# How long an estimate stands for the same upload and request (a run waiting out Strand's cap).
+ESTIMATE_REUSE_SECONDS = 600.0
+
+
+def _priced(ctx: PipelineContext, record: RunRecord, markers: list[str], model: str | None) -> Estimate:
+    """The job's estimate: the run's last one while it still stands for this request, else Strand's."""
+    assert record.upload_id is not None
+    request = {"upload_id": record.upload_id, "markers": sorted(markers), "model": model}
+    kept = record.estimate
+    if (
+        kept is not None
+        and kept.get("request") == request
+        and time.time() - kept["at"] < ESTIMATE_REUSE_SECONDS
+    ):
+        return Estimate(**kept["figures"])
+    estimate = ctx.strand().predict.estimate(record.upload_id, markers, model=model)
+    figures = {
+        "patch_count": estimate.patch_count,
+        "marker_count": estimate.marker_count,
+        "estimated_credits": estimate.estimated_credits,
+        "org_balance": estimate.org_balance,
+        "org_pending": estimate.org_pending,
+    }
+    ctx.store.update(record.run_id, estimate={"request": request, "at": time.time(), "figures": figures})
+    ctx.store.append_event(
+        record.run_id, "estimated", credits=estimate.estimated_credits, balance=estimate.org_balance
+    )
+    return estimate
 
 
 def _find_submitted(ctx: PipelineContext, record: RunRecord, markers: list[str]) -> JobStatus | None:
@@ -63,11 +98,7 @@ def run(ctx: PipelineContext, record: RunRecord) -> None:
             _adopt(ctx, record, existing.id, existing.reserved_credits, existing.model)
             ctx.store.append_event(record.run_id, "submission_adopted", job_id=existing.id)
             return
-    strand = ctx.strand()
-    estimate = strand.predict.estimate(record.upload_id, app.markers, model=app.model)
-    ctx.store.append_event(
-        record.run_id, "estimated", credits=estimate.estimated_credits, balance=estimate.org_balance
-    )
+    estimate = _priced(ctx, record, app.markers, app.model)
     if app.credit_ceiling is not None and estimate.estimated_credits > app.credit_ceiling:
         raise RunRefused(messages.over_ceiling(estimate.estimated_credits, app.credit_ceiling))
     available = estimate.org_balance - estimate.org_pending
@@ -84,9 +115,15 @@ def run(ctx: PipelineContext, record: RunRecord) -> None:
         )
     except DailyLimitExceeded as exc:
         raise RunRefused(str(exc)) from None
+    earlier_intent = record.submit_intent_at  # an earlier POST whose outcome is still unknown
     ctx.store.update(record.run_id, submit_intent_at=time.time())
     try:
-        job = strand.predict.submit(record.upload_id, app.markers, model=app.model)
+        job = ctx.strand().predict.submit(record.upload_id, app.markers, model=app.model)
+    except RateLimitError:
+        daily.release(record.run_id, record.app_id)
+        if earlier_intent is None:  # this POST made no job: nothing to look up next time
+            ctx.store.update(record.run_id, submit_intent_at=None)
+        raise
     except SubmissionUncertainError as exc:
         log.warning("Strand submit outcome unknown; will reconcile", extra={"error_type": type(exc).__name__})
         raise SubmissionPending(str(exc)) from exc

@@ -1,0 +1,131 @@
+"""The webhook's clients on the event loop: Redis for the create path, Sectra's result POST, the queue.
+
+A `create` is three Redis writes and one Sectra POST. Made from worker threads they
+cost a thread hop each and httpx's machinery, several times the bare endpoint's own
+CPU; made here, on the serving process's loop, they cost little more than the bytes
+(`bench/webhook.py` measures both). The clients are made on first use, on the loop
+that uses them (each `serve --workers` process has its own), and closed at shutdown.
+Everything off the create path keeps the blocking clients in `ServiceState`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import redis
+import redis.asyncio
+
+from sectra_adapter import AsyncResultPoster
+from workers.observability import EXTERNAL_CALLS
+from workers.runstore import RunStore
+from workers.runstore_async import AsyncRunStore, asyncio_twin
+
+if TYPE_CHECKING:
+    from workers.dispatch import DirectEnqueue
+
+AsyncEnqueue = Callable[[str], Awaitable[None]]
+
+# Per Sectra server, as for the blocking pool (`state.SECTRA_SERVER_LIMITS`): every connection kept
+# open, since reconnecting under load costs more than an idle socket.
+CONNECTIONS_PER_SERVER = 16
+KEEPALIVE_SECONDS = 30.0
+
+
+def _count_sectra_call(outcome: str) -> None:
+    EXTERNAL_CALLS.labels(service="sectra", outcome=outcome).inc()
+
+
+@dataclass
+class LoopClients:
+    """Made once per app (`create_app`); `enqueue` None: the app's blocking enqueue, in a thread."""
+
+    store: RunStore
+    sectra_timeout: float
+    enqueue: DefaultEnqueue | None = None
+    _store: AsyncRunStore | None = field(default=None, init=False)
+    _sectra: AsyncResultPoster | None = field(default=None, init=False)
+
+    @property
+    def runs(self) -> AsyncRunStore:
+        if self._store is None:
+            self._store = AsyncRunStore(self.store, asyncio_twin(self.store.client))
+        return self._store
+
+    @property
+    def sectra(self) -> AsyncResultPoster:
+        if self._sectra is None:
+            self._sectra = AsyncResultPoster(
+                # The trust of the blocking clients (httpx's defaults: certifi, SSL_CERT_FILE/DIR).
+                ssl_context=httpx.create_ssl_context(),
+                timeout=self.sectra_timeout,
+                connections_per_server=CONNECTIONS_PER_SERVER,
+                keepalive_seconds=KEEPALIVE_SECONDS,
+                observe=_count_sectra_call,
+            )
+        return self._sectra
+
+    @property
+    def is_open(self) -> bool:
+        """Some client was made and not closed yet."""
+        return self._store is not None or self._sectra is not None
+
+    async def record_and_enqueue(
+        self, run_id: str, name: str, token: str, *, event: str, event_data: Mapping[str, Any], **fields: Any
+    ) -> bool:
+        """Complete the run's claimed step and queue its first step: one MULTI where the queue is in the
+        store's database, else the completion and then the enqueue. False: nothing queued (no
+        default enqueue, or the enqueue failed); the caller enqueues or leaves it to recovery."""
+        enqueue = self.enqueue
+        store_client = self.store.client
+        _, queued = await self.runs.complete_step(
+            run_id,
+            name,
+            token,
+            event=event,
+            event_data=event_data,
+            also=None if enqueue is None else lambda pipe: enqueue.queue_with(pipe, store_client, run_id),
+            **fields,
+        )
+        return queued
+
+    async def close(self) -> None:
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
+        if self._sectra is not None:
+            await self._sectra.close()
+            self._sectra = None
+        if self.enqueue is not None:
+            await self.enqueue.close()
+
+
+class DefaultEnqueue:
+    """The default enqueue (`workers.dispatch.enqueue_run_direct`) awaited on the loop.
+
+    Celery is imported on the first run, as for the blocking enqueue: a web process that
+    never starts a run never pays for it.
+    """
+
+    def __init__(self) -> None:
+        self._inner: DirectEnqueue | None = None
+
+    def _direct(self) -> DirectEnqueue:
+        if self._inner is None:
+            from workers.dispatch import DirectEnqueue
+
+            self._inner = DirectEnqueue()
+        return self._inner
+
+    async def __call__(self, run_id: str) -> None:
+        await self._direct()(run_id)
+
+    def queue_with(self, pipe: redis.asyncio.client.Pipeline, store_client: redis.Redis, run_id: str) -> bool:
+        """`DirectEnqueue.queue_with`: the first step in the run store's own MULTI, where it can be."""
+        return self._direct().queue_with(pipe, store_client, run_id)
+
+    async def close(self) -> None:
+        if self._inner is not None:
+            await self._inner.close()
