@@ -128,8 +128,8 @@ class RunRecord(BaseModel):
     upload_total: int | None = None
     upload_complete: bool = False
     submit_intent_at: float | None = None
-    # The last estimate (`workers.stages.submit`): its figures, when, and for which upload and request,
-    # so a submit Strand refused for being busy (429) is retried without pricing the job again.
+    # The estimate kept after Strand answered a submit 429 (`workers.stages.submit`): its figures,
+    # when, and for which upload and request, so the next attempt submits without pricing again.
     estimate: dict[str, Any] | None = None
     job_id: str | None = None
     job_status: str | None = None

@@ -66,10 +66,14 @@ class Rig:
             callback_token=self.sectra.token,
             source=source,
         )
-        for _ in range(200):  # every step the run needs; a waiting step paces itself on the fake's clock
-            if advance(self.ctx, record.run_id) is None:
+        return self.finish(record.run_id)
+
+    def finish(self, run_id: str) -> RunRecord:
+        """Every step the run needs; a waiting step paces itself on the fake's clock."""
+        for _ in range(200):
+            if advance(self.ctx, run_id) is None:
                 break
-        final = self.ctx.store.require(record.run_id)
+        final = self.ctx.store.require(run_id)
         assert final.status in FINAL, final.status
         return final
 

@@ -43,6 +43,21 @@ def test_an_estimate_older_than_its_reuse_window_is_asked_again(
     assert (calls[PREDICT], calls[ESTIMATE]) == (3, 3)
 
 
+def test_a_refused_run_retried_by_an_operator_is_priced_afresh(rig_factory: RigFactory) -> None:
+    """The balance was short; topped up, the operator's retry must see the new balance, not the old."""
+    rig = rig_factory([_app("busy")])
+    rig.add_slide("s-1")
+    rig.strand.balance = 0
+    refused = rig.run("busy", "s-1")
+    assert refused.status == RunStatus.failed and refused.job_id is None
+    rig.strand.balance = 10_000
+    store = rig.ctx.store
+    store.transition(refused.run_id, RunStatus.submitting, retry=True, attempts=0, error=None)
+    record = rig.finish(refused.run_id)
+    assert record.status == RunStatus.completed, record.error
+    assert rig.strand.requests.by_endpoint()[ESTIMATE] == 2
+
+
 def test_an_unconfirmed_submit_is_still_looked_up_after_a_429(rig_factory: RigFactory) -> None:
     """A 429 proves only its own POST made no job: an earlier POST whose answer was lost may have."""
     rig = rig_factory([_app("busy")])
@@ -54,5 +69,5 @@ def test_an_unconfirmed_submit_is_still_looked_up_after_a_429(rig_factory: RigFa
     assert record.status == RunStatus.completed, record.error
     # After the unknown outcome, every later attempt looks first: the 429's and the one that submits.
     assert calls[LOOKUP] == 2
-    assert calls[ESTIMATE] == 1
+    assert calls[ESTIMATE] == 2  # only a 429 keeps the estimate: the unknown outcome is priced again
     assert rig.strand.stats.submits_accepted == 1

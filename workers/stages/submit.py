@@ -10,15 +10,17 @@ upload and adopts the one this run created instead of paying twice.
 A busy organisation (`POST /predict` 429: at Strand's cap on running jobs, nothing
 reserved) makes a run ask again and again. It then asks only the POST: the 429
 proves no job was made, so the intent this attempt recorded is withdrawn (no
-lookup next time), and the estimate is reused for `ESTIMATE_REUSE_SECONDS`
+lookup next time), and the estimate is kept and reused for `ESTIMATE_REUSE_SECONDS`
 (the guardrails are checked again on its figures; Strand checks the balance itself
-when it takes the job).
+when it takes the job). Only a 429 keeps one: a run refused on its estimate (say, the
+balance) and retried by an operator is priced afresh.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from strand_client import Estimate, JobStatus, NotFoundError, RateLimitError, SubmissionUncertainError
 from workers import messages
@@ -36,18 +38,25 @@ _CLOCK_SKEW_SECONDS = 300.0
 ESTIMATE_REUSE_SECONDS = 600.0
 
 
-def _priced(ctx: PipelineContext, record: RunRecord, markers: list[str], model: str | None) -> Estimate:
-    """The job's estimate: the run's last one while it still stands for this request, else Strand's."""
-    assert record.upload_id is not None
-    request = {"upload_id": record.upload_id, "markers": sorted(markers), "model": model}
+def _priced(ctx: PipelineContext, record: RunRecord, request: dict[str, Any]) -> tuple[Estimate, bool]:
+    """The job's estimate, and whether it is the one kept after a 429 (still standing for `request`)."""
     kept = record.estimate
     if (
         kept is not None
         and kept.get("request") == request
         and time.time() - kept["at"] < ESTIMATE_REUSE_SECONDS
     ):
-        return Estimate(**kept["figures"])
-    estimate = ctx.strand().predict.estimate(record.upload_id, markers, model=model)
+        return Estimate(**kept["figures"]), True
+    assert record.upload_id is not None
+    estimate = ctx.strand().predict.estimate(record.upload_id, request["markers"], model=request["model"])
+    ctx.store.append_event(
+        record.run_id, "estimated", credits=estimate.estimated_credits, balance=estimate.org_balance
+    )
+    return estimate, False
+
+
+def _kept(estimate: Estimate, request: dict[str, Any]) -> dict[str, Any]:
+    """What the record keeps of an estimate while its run waits out Strand's cap."""
     figures = {
         "patch_count": estimate.patch_count,
         "marker_count": estimate.marker_count,
@@ -55,11 +64,7 @@ def _priced(ctx: PipelineContext, record: RunRecord, markers: list[str], model: 
         "org_balance": estimate.org_balance,
         "org_pending": estimate.org_pending,
     }
-    ctx.store.update(record.run_id, estimate={"request": request, "at": time.time(), "figures": figures})
-    ctx.store.append_event(
-        record.run_id, "estimated", credits=estimate.estimated_credits, balance=estimate.org_balance
-    )
-    return estimate
+    return {"request": request, "at": time.time(), "figures": figures}
 
 
 def _find_submitted(ctx: PipelineContext, record: RunRecord, markers: list[str]) -> JobStatus | None:
@@ -82,7 +87,7 @@ def _adopt(
     ctx: PipelineContext, record: RunRecord, job_id: str, credits: int | None, model: str | None
 ) -> None:
     ctx.uploads.claim_job(job_id, record.run_id)
-    ctx.store.update(record.run_id, job_id=job_id, reserved_credits=credits, model=model)
+    ctx.store.update(record.run_id, job_id=job_id, reserved_credits=credits, model=model, estimate=None)
     if credits:
         CREDITS_RESERVED.labels(app=record.app_id).inc(credits)
 
@@ -98,7 +103,8 @@ def run(ctx: PipelineContext, record: RunRecord) -> None:
             _adopt(ctx, record, existing.id, existing.reserved_credits, existing.model)
             ctx.store.append_event(record.run_id, "submission_adopted", job_id=existing.id)
             return
-    estimate = _priced(ctx, record, app.markers, app.model)
+    request = {"upload_id": record.upload_id, "markers": sorted(app.markers), "model": app.model}
+    estimate, reused = _priced(ctx, record, request)
     if app.credit_ceiling is not None and estimate.estimated_credits > app.credit_ceiling:
         raise RunRefused(messages.over_ceiling(estimate.estimated_credits, app.credit_ceiling))
     available = estimate.org_balance - estimate.org_pending
@@ -121,8 +127,13 @@ def run(ctx: PipelineContext, record: RunRecord) -> None:
         job = ctx.strand().predict.submit(record.upload_id, app.markers, model=app.model)
     except RateLimitError:
         daily.release(record.run_id, record.app_id)
-        if earlier_intent is None:  # this POST made no job: nothing to look up next time
-            ctx.store.update(record.run_id, submit_intent_at=None)
+        # This POST made no job: nothing to look up next time (unless an earlier one may have), and
+        # the next attempt submits on this estimate while it stands.
+        waiting: dict[str, Any] = {} if reused else {"estimate": _kept(estimate, request)}
+        if earlier_intent is None:
+            waiting["submit_intent_at"] = None
+        if waiting:
+            ctx.store.update(record.run_id, **waiting)
         raise
     except SubmissionUncertainError as exc:
         log.warning("Strand submit outcome unknown; will reconcile", extra={"error_type": type(exc).__name__})
