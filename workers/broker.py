@@ -2,16 +2,21 @@
 
 When the broker connection drops, Celery 5.7's consumer first collects the
 connection (which detaches the transport from its client) and then closes
-it. Closing the channel asks kombu's Redis QoS to put the unacknowledged
-messages back, through a client it can no longer build: an `AttributeError`
-that is not one of the transport's connection errors, so Celery calls it
-"Unrecoverable" and the worker exits (with status 0) instead of reconnecting.
+it. Whatever the old channel still does then needs a Redis client it can no
+longer build: closing it asks kombu's Redis QoS to put the unacknowledged
+messages back, and a task finishing meanwhile acknowledges its message
+(`ack_log_error` from the event loop). kombu reads the detached client's
+host and fails with an `AttributeError`, not one of the transport's connection
+errors, so Celery calls it "Unrecoverable" and the worker exits (with status 0)
+instead of reconnecting. The loaded soak met both: the restore (stop 10) and
+the acknowledgement (stop 12, `test_a_run_survives_a_redis_restart_with_one_strand_job`).
 
-Here that restore fails as what it is, a connection error, which Celery
-ignores on the way to reconnecting with backoff. Nothing is lost: the
-unacknowledged messages stay in Redis's `unacked` hash (Redis, not this
-process, holds them) and return after the visibility timeout, and the
-workers' recovery sweep re-drives each run whose step was lost well before that.
+Here building a client for a detached channel fails as what it is, a connection
+error, which Celery logs and ignores on the way to reconnecting with backoff.
+Nothing is lost: the unacknowledged messages stay in Redis's `unacked` hash
+(Redis, not this process, holds them) and return after the visibility timeout,
+where a step's token makes a redelivered one do nothing; and the workers'
+recovery sweep re-drives each run whose step was lost well before that.
 """
 
 from __future__ import annotations
@@ -27,15 +32,12 @@ from kombu.transport import redis as kombu_redis
 TRANSPORT = "workers.broker:Transport"
 
 
-class QoS(kombu_redis.QoS):
-    def restore_unacked(self, client: Any = None) -> Any:
-        if client is None and self.channel.connection.client is None:
-            raise redis.ConnectionError("the broker connection is gone; unacked messages stay in Redis")
-        return super().restore_unacked(client)
-
-
 class Channel(kombu_redis.Channel):
-    QoS = QoS
+    def _get_pool(self, asynchronous: bool = False) -> Any:
+        # The one place a channel reads its connection's settings to build a client.
+        if self.connection.client is None:
+            raise redis.ConnectionError("the broker connection is gone; unacked messages stay in Redis")
+        return super()._get_pool(asynchronous)
 
 
 class Transport(kombu_redis.Transport):
