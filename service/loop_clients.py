@@ -1,6 +1,6 @@
 """The webhook's clients on the event loop: Redis for the create path, Sectra's result POST, the queue.
 
-A `create` is three Redis writes and one Sectra POST. Made from worker threads they
+A `create` is two Redis round trips and one Sectra POST. Made from worker threads they
 cost a thread hop each and httpx's machinery, several times the bare endpoint's own
 CPU; made here, on the serving process's loop, they cost little more than the bytes
 (`bench/webhook.py` measures both). The clients are made on first use, on the loop
@@ -10,7 +10,7 @@ Everything off the create path keeps the blocking clients in `ServiceState`.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,8 +25,6 @@ from workers.runstore_async import AsyncRunStore, asyncio_twin
 
 if TYPE_CHECKING:
     from workers.dispatch import DirectEnqueue
-
-AsyncEnqueue = Callable[[str], Awaitable[None]]
 
 # Per Sectra server, as for the blocking pool (`state.SECTRA_SERVER_LIMITS`): every connection kept
 # open, since reconnecting under load costs more than an idle socket.
@@ -75,9 +73,9 @@ class LoopClients:
     async def record_and_enqueue(
         self, run_id: str, name: str, token: str, *, event: str, event_data: Mapping[str, Any], **fields: Any
     ) -> bool:
-        """Complete the run's claimed step and queue its first step: one MULTI where the queue is in the
-        store's database, else the completion and then the enqueue. False: nothing queued (no
-        default enqueue, or the enqueue failed); the caller enqueues or leaves it to recovery."""
+        """Complete the run's claimed step and, where the queue is in the store's database, queue its
+        first step in the same MULTI. False: nothing queued (the app's own enqueue, or the queue is
+        elsewhere); the caller then enqueues it."""
         enqueue = self.enqueue
         store_client = self.store.client
         _, queued = await self.runs.complete_step(
