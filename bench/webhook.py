@@ -225,8 +225,8 @@ def _popen(args: list[str], log: Path, env: dict[str, str] | None = None) -> sub
         return subprocess.Popen(args, cwd=ROOT, env=merged, stdout=out, stderr=out)
 
 
-def _cpu_seconds(pid: int) -> float:
-    """CPU time of a server: its supervisor and every worker process under it."""
+def _cpu_seconds(pid: int, part: str = "both") -> float:
+    """CPU time of a server: its supervisor and every worker process under it (user, system or both)."""
     import psutil
 
     root = psutil.Process(pid)
@@ -236,7 +236,7 @@ def _cpu_seconds(pid: int) -> float:
             times = process.cpu_times()
         except psutil.NoSuchProcess:
             continue
-        total += times.user + times.system
+        total += {"user": times.user, "system": times.system, "both": times.user + times.system}[part]
     return total
 
 
@@ -260,7 +260,12 @@ def _measure(
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     """Latencies from the loader; CPU per request of the server, the mock Sectra and Redis."""
-    before = (_cpu_seconds(server.pid), _cpu_seconds(sectra.pid), _redis_cpu_seconds(args.redis_url))
+    before = (
+        _cpu_seconds(server.pid),
+        _cpu_seconds(server.pid, "system"),
+        _cpu_seconds(sectra.pid),
+        _redis_cpu_seconds(args.redis_url),
+    )
     out = subprocess.run(
         [
             sys.executable,
@@ -276,13 +281,23 @@ def _measure(
         capture_output=True,
         text=True,
     )
-    after = (_cpu_seconds(server.pid), _cpu_seconds(sectra.pid), _redis_cpu_seconds(args.redis_url))
+    after = (
+        _cpu_seconds(server.pid),
+        _cpu_seconds(server.pid, "system"),
+        _cpu_seconds(sectra.pid),
+        _redis_cpu_seconds(args.redis_url),
+    )
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     total = int((args.warmup + args.duration) * rate)
-    server_cpu, sectra_cpu, redis_cpu = (
+    server_cpu, server_system, sectra_cpu, redis_cpu = (
         round((a - b) / total * 1000, 3) for a, b in zip(after, before, strict=True)
     )
-    result.update(cpu_ms_per_request=server_cpu, sectra_cpu_ms=sectra_cpu, redis_cpu_ms=redis_cpu)
+    result.update(
+        cpu_ms_per_request=server_cpu,
+        system_cpu_ms=server_system,
+        sectra_cpu_ms=sectra_cpu,
+        redis_cpu_ms=redis_cpu,
+    )
     return result
 
 
@@ -374,7 +389,8 @@ def _cleanup(redis_url: str) -> int:
 def _report(name: str, r: dict[str, Any]) -> None:
     print(
         f"  {name:8} p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  max {r['max_ms']:7.2f} ms  "
-        f"server CPU {r['cpu_ms_per_request']:.3f} ms/req  (Sectra mock {r['sectra_cpu_ms']:.3f}, "
+        f"server CPU {r['cpu_ms_per_request']:.3f} ms/req (kernel {r['system_cpu_ms']:.3f})  "
+        f"(Sectra mock {r['sectra_cpu_ms']:.3f}, "
         f"Redis {r['redis_cpu_ms']:.3f}, loader {r['loader_cpu_ms_per_request']:.3f})  "
         f"n={r['requests']} errors={r['errors'] or 0}"
     )

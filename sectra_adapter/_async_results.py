@@ -1,10 +1,10 @@
 """`AsyncResultPoster`: the webhook's one call to Sectra per `create`, on the event loop.
 
 Every new run stores its pending result in Sectra (`POST /applications/{app}/results`)
-before the webhook answers, so this call is most of what a `create` costs. Through
-`SectraAdapter` it costs a worker-thread hop and httpx's request machinery, together
-about three times the whole bare endpoint; here it is one aiohttp request on the
-web process's event loop (C-parsed HTTP, pooled keep-alive connections per server).
+before the webhook answers, so this call is much of what a `create` costs. Through
+`SectraAdapter` it costs a worker-thread hop and httpx's request machinery; here it is
+one prebuilt write on a pooled keep-alive connection and an answer parsed in C
+(`sectra_adapter._http1`), on the web process's event loop.
 
 It does only what the common case needs and hands everything else back:
 `NotSent` means the request certainly did not store anything (it never left, or
@@ -18,15 +18,17 @@ Cookies are never kept (each invocation is its own caller); redirects are not fo
 
 from __future__ import annotations
 
+import functools
 import ssl
 from collections.abc import Callable
+from urllib.parse import quote, urlsplit
 
-import aiohttp
+from pydantic import ValidationError
 from sectra_client.schemas import Result, ResultResponse
 
 from sectra_adapter._client import ERROR_BODY_BYTES, raise_for_status
 from sectra_adapter._errors import SectraRequestFailed, SectraUnavailable
-from sectra_adapter._retry import describe
+from sectra_adapter._http1 import AnswerTooLarge, ConnectFailed, Http1Pool, Origin, RequestBrokeOff
 
 # A stored result echoes what we sent (a pending result: a few hundred bytes); far more is not Sectra.
 MAX_RESULT_BYTES = 1 << 20
@@ -37,7 +39,8 @@ class NotSent(Exception):
 
 
 class AsyncResultPoster:
-    """One aiohttp session per process (created lazily on its event loop); `close()` at shutdown.
+    """One connection pool per process (its connections made on the loop that uses them); `close()`
+    at shutdown.
 
     `observe(outcome)` is called once per request with its status code, or the error type's
     name, so the caller can count Sectra calls without this package knowing its metrics.
@@ -52,64 +55,62 @@ class AsyncResultPoster:
         keepalive_seconds: float,
         observe: Callable[[str], None] | None = None,
     ) -> None:
-        self._ssl = ssl_context
-        self._timeout = aiohttp.ClientTimeout(total=None, connect=min(timeout, 10.0), sock_read=timeout)
-        self._per_server = connections_per_server
-        self._keepalive = keepalive_seconds
+        self._pool = Http1Pool(
+            ssl_context=ssl_context,
+            connect_timeout=min(timeout, 10.0),
+            timeout=timeout,
+            per_origin=connections_per_server,
+            keepalive_seconds=keepalive_seconds,
+        )
         self._observe = observe or (lambda _outcome: None)
-        self._session: aiohttp.ClientSession | None = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
-                limit=0, limit_per_host=self._per_server, keepalive_timeout=self._keepalive, ssl=self._ssl
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                cookie_jar=aiohttp.DummyCookieJar(),
-                timeout=self._timeout,
-                headers={"Accept": "application/json", "User-Agent": "sectra-strand-bridge"},
-            )
-        return self._session
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._pool.close()
 
     async def create_results(self, base_url: str, token: str, result: Result, *, path: str) -> ResultResponse:
-        """POST `result` to `base_url + path` (`results_path(app_id)`) with the invocation's token."""
-        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        """POST `result` to `base_url + path` (`results_path(app_id)`) with the invocation's token.
+
+        `base_url` is one `normalise_base_url` made; `token` one `service.parsing` checked (token68).
+        """
+        origin, prefix = _target(base_url)
         body = result.model_dump_json().encode()
+        head = (
+            f"POST {prefix}{path} HTTP/1.1\r\nHost: {origin.host_header}\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+            f"Accept: application/json\r\nUser-Agent: sectra-strand-bridge\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
         try:
-            async with self._client().post(
-                base_url + path, data=body, headers=headers, allow_redirects=False
-            ) as response:
-                self._observe(str(response.status))
-                if response.status in (200, 201):
-                    return ResultResponse.model_validate_json(await _read(response, MAX_RESULT_BYTES, path))
-                if response.status == 401:
-                    raise NotSent("Sectra refused the invocation's token")
-                error_body = await _read(response, ERROR_BODY_BYTES, path, truncate=True)
-                raise_for_status(response.status, response.reason or "", error_body, path)
-                raise AssertionError("unreachable: raise_for_status raises")  # pragma: no cover
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            answer = await self._pool.request(origin, head.encode() + body, limit=MAX_RESULT_BYTES)
+        except ConnectFailed as exc:
             self._observe(type(exc).__name__)
-            raise NotSent(f"could not connect ({type(exc).__name__})") from exc
-        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise NotSent(str(exc)) from exc
+        except AnswerTooLarge as exc:
+            self._observe(str(exc.status))
+            raise SectraRequestFailed(exc.status, path, str(exc)) from None
+        except RequestBrokeOff as exc:
             self._observe(type(exc).__name__)
             raise SectraUnavailable(
-                f"POST {path} broke off after it may have reached Sectra ({describe(exc)}); not retried"
+                f"POST {path} broke off after it may have reached Sectra ({exc}); not retried"
             ) from exc
+        self._observe(str(answer.status))
+        if answer.status in (200, 201):
+            try:
+                return ResultResponse.model_validate_json(answer.body)
+            except ValidationError:
+                raise SectraRequestFailed(answer.status, path, "the answer is not a stored result") from None
+        if answer.status == 401:
+            raise NotSent("Sectra refused the invocation's token")
+        raise_for_status(answer.status, answer.reason, answer.body[:ERROR_BODY_BYTES], path)
+        raise AssertionError("unreachable: raise_for_status raises")  # pragma: no cover
 
 
-async def _read(response: aiohttp.ClientResponse, limit: int, path: str, *, truncate: bool = False) -> bytes:
-    """At most `limit` bytes of the body: more is refused, or with `truncate` cut off (error excerpts)."""
-    body = bytearray()
-    while chunk := await response.content.read(limit + 1 - len(body)):
-        body += chunk
-        if len(body) > limit:
-            if truncate:
-                return bytes(body[:limit])
-            raise SectraRequestFailed(response.status, path, f"the answer is larger than {limit} bytes")
-    return bytes(body)
+@functools.lru_cache(maxsize=64)
+def _target(base_url: str) -> tuple[Origin, str]:
+    """The origin and path prefix of a base URL (`normalise_base_url`'s form), parsed once."""
+    parts = urlsplit(base_url)
+    host = parts.hostname or ""
+    if ":" not in host:  # a name, not an IPv6 address: its ASCII form (RFC 5891) for DNS and TLS
+        host = host.encode("idna").decode("ascii")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return Origin(parts.scheme, host, port), quote(parts.path, safe="/%:@!$&'()*+,;=-._~")

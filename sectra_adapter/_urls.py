@@ -10,6 +10,7 @@ prefix on a segment boundary, with nothing that could make two parsers disagree
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Sequence
@@ -41,6 +42,9 @@ class Origin:
         return same_origin and self.segments[: len(prefix.segments)] == prefix.segments
 
 
+# Every invocation checks its callback URL against every allow-list entry; the URLs are those of a
+# hospital's few Sectra servers, so each is parsed once (a refusal raises and is not kept).
+@functools.lru_cache(maxsize=256)
 def parse_origin(url: str) -> Origin:
     """Split a URL into an `Origin`, refusing anything ambiguous. Raises `CallbackUrlRefused`."""
     if not url.isascii():
@@ -86,6 +90,7 @@ def check_callback_url(url: str, allowed_prefixes: Sequence[str], allow_http: bo
     raise CallbackUrlRefused(f"the callback URL is not under any prefix in {_SETTING}")
 
 
+@functools.lru_cache(maxsize=256)
 def normalise_base_url(url: str, allow_http: bool) -> str:
     """The base URL the adapter calls, without a trailing slash; plain http only when allowed.
 

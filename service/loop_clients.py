@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import redis
-import redis.asyncio
 
 from sectra_adapter import AsyncResultPoster
 from workers.observability import EXTERNAL_CALLS
+from workers.redis_lane import CommandBatch, RedisLane
 from workers.runstore import RunStore
-from workers.runstore_async import AsyncRunStore, asyncio_twin
+from workers.runstore_async import AsyncRunStore
 
 if TYPE_CHECKING:
     from workers.dispatch import DirectEnqueue
@@ -49,7 +49,7 @@ class LoopClients:
     @property
     def runs(self) -> AsyncRunStore:
         if self._store is None:
-            self._store = AsyncRunStore(self.store, asyncio_twin(self.store.client))
+            self._store = AsyncRunStore(self.store, RedisLane.like(self.store.client))
         return self._store
 
     @property
@@ -120,7 +120,7 @@ class DefaultEnqueue:
     async def __call__(self, run_id: str) -> None:
         await self._direct()(run_id)
 
-    def queue_with(self, pipe: redis.asyncio.client.Pipeline, store_client: redis.Redis, run_id: str) -> bool:
+    def queue_with(self, pipe: CommandBatch, store_client: redis.Redis, run_id: str) -> bool:
         """`DirectEnqueue.queue_with`: the first step in the run store's own MULTI, where it can be."""
         return self._direct().queue_with(pipe, store_client, run_id)
 

@@ -7,10 +7,13 @@ allow-list, and only after that anything that talks to the callback URL.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import anyio
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from sectra_client.schemas import (
     CancelInvocation,
     CreateInvocation,
@@ -33,6 +36,22 @@ from workers.quality import is_rejected
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/sectra")
+
+
+class _PlainRoute(APIRoute):
+    """A route FastAPI matches and documents, whose endpoint gets the request and its path parameters
+    as they are: no dependency solving or parameter validation per request (FastAPI's "custom APIRoute
+    class"). For the invocation routes, which read and validate their bodies themselves
+    (`service.parsing`) and are what Sectra calls most."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        endpoint = self.endpoint
+
+        async def handler(request: Request) -> Response:
+            response: Response = await endpoint(request=request, **request.path_params)
+            return response
+
+        return handler
 
 
 def _app(state: ServiceState, app_id: str) -> AppConfig:
@@ -69,7 +88,6 @@ async def _checked_headers(
     return headers
 
 
-@router.get("/{app_id}")
 def registration(app_id: str, request: Request) -> JSONResponse:
     state = get_state(request)
     app = _app(state, app_id)
@@ -78,13 +96,11 @@ def registration(app_id: str, request: Request) -> JSONResponse:
     return JSONResponse(body, headers=DEFAULT_HEADERS)
 
 
-@router.get("/{app_id}/info")
 def info(app_id: str, request: Request) -> JSONResponse:
     app = _app(get_state(request), app_id)
     return JSONResponse(app_info(app).model_dump(mode="json"), headers=DEFAULT_HEADERS)
 
 
-@router.post("/{app_id}")
 async def invoke(app_id: str, request: Request) -> JSONResponse:
     state = get_state(request)
     app, invocation = await _invocation_for(request, state, app_id)
@@ -109,7 +125,6 @@ async def invoke(app_id: str, request: Request) -> JSONResponse:
     return JSONResponse({"note": note}, headers=headers)
 
 
-@router.post("/{app_id}/imagenotification")
 async def image_notification(app_id: str, request: Request) -> JSONResponse:
     state = get_state(request)
     app, invocation = await _invocation_for(request, state, app_id)
@@ -130,3 +145,12 @@ async def image_notification(app_id: str, request: Request) -> JSONResponse:
     headers = await _checked_headers(request, state, invocation)
     await webhook.start_run(state, app, invocation, "newImageFiles")
     return JSONResponse({}, headers=headers)
+
+
+# The invocation routes first: a route matches in order, and these are what Sectra calls most.
+router.add_api_route("/{app_id}", invoke, methods=["POST"], route_class_override=_PlainRoute)
+router.add_api_route(
+    "/{app_id}/imagenotification", image_notification, methods=["POST"], route_class_override=_PlainRoute
+)
+router.add_api_route("/{app_id}", registration, methods=["GET"])
+router.add_api_route("/{app_id}/info", info, methods=["GET"])

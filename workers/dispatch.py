@@ -6,12 +6,13 @@ import functools
 from urllib.parse import urlsplit
 
 import anyio
-import redis.asyncio
+import redis
 
 from workers import runtime
 from workers.celery_app import QUEUE, celery_app
+from workers.redis_lane import CommandBatch, RedisLane
 from workers.runstore import RunRecord, RunStatus
-from workers.runstore_async import asyncio_twin, same_database
+from workers.runstore_async import same_database
 from workers.settings import get_settings
 from workers.step_queue import StepMessage, put_first_step, put_first_step_async, queue_first_step
 from workers.tasks import run_step, schedule
@@ -38,22 +39,22 @@ def enqueue_run_direct(run_id: str) -> None:
 class DirectEnqueue:
     """`enqueue_run_direct` for the webhook's event loop: the same message and MULTI, awaited.
 
-    Its asyncio client is made on first use, on the loop that awaits it; `close()` at shutdown.
+    Its lane (`workers.redis_lane`) is made on first use, on the loop that awaits it; `close()` at shutdown.
     """
 
     def __init__(self) -> None:
-        self._client: redis.asyncio.Redis | None = None
+        self._lane: RedisLane | None = None
 
     async def __call__(self, run_id: str) -> None:
         message = _direct_message()
         if message is None:
             await anyio.to_thread.run_sync(schedule, run_id)
             return
-        if self._client is None:
-            self._client = asyncio_twin(runtime.redis_client())
-        await put_first_step_async(self._client, runtime.scheduler(), message, run_id)
+        if self._lane is None:
+            self._lane = RedisLane.like(runtime.redis_client())
+        await put_first_step_async(self._lane, runtime.scheduler(), message, run_id)
 
-    def queue_with(self, pipe: redis.asyncio.client.Pipeline, store_client: redis.Redis, run_id: str) -> bool:
+    def queue_with(self, pipe: CommandBatch, store_client: redis.Redis, run_id: str) -> bool:
         """Queue the run's first step on the caller's MULTI (the run store's), when the queue is in the
         store's own database; False (nothing queued) otherwise: then await the enqueue itself."""
         message = _direct_message()
@@ -63,9 +64,9 @@ class DirectEnqueue:
         return True
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        if self._lane is not None:
+            await self._lane.close()
+            self._lane = None
 
 
 def _direct_message() -> StepMessage | None:

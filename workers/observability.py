@@ -33,11 +33,21 @@ _SECRET_PATTERNS = [
     re.compile(r"(?i)(bearer|basic)\s+[A-Za-z0-9._~+/=\-]+"),
     re.compile(r"(?i)(token|api[_-]?key|secret|password)(['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+"),
 ]
+# All three at once, for the common case of a line with nothing to mask (each pattern's own flags
+# scoped to it): a string it finds nothing in is one no pattern would change.
+_ANY_SECRET = re.compile(
+    "|".join(
+        f"(?{'i' if p.pattern.startswith('(?i)') else ''}:{p.pattern.removeprefix('(?i)')})"
+        for p in _SECRET_PATTERNS
+    )
+)
 _STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
 def redact(text: str) -> str:
     """Mask anything that looks like a credential in one plain string (never in serialised JSON)."""
+    if not _ANY_SECRET.search(text):
+        return text
     text = _SECRET_PATTERNS[0].sub("sk-strand-***", text)
     text = _SECRET_PATTERNS[1].sub(lambda m: f"{m.group(1)} ***", text)
     return _SECRET_PATTERNS[2].sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
@@ -72,11 +82,20 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value if isinstance(value, (int, float, bool)) or value is None else str(value)
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
-        return json.dumps(redact_value(entry), default=str)
+        # The entry is flat: one search over its keys and strings together tells whether any needs
+        # masking (a pattern that matches inside one of them matches inside them all, joined).
+        probe = "\n".join([*entry, *(value for value in entry.values() if isinstance(value, str))])
+        return json.dumps(redact_value(entry) if _ANY_SECRET.search(probe) else entry, default=str)
 
 
 def configure_logging(level: str = "INFO") -> None:
     """Route every logger (ours, Celery's, uvicorn's) through the JSON formatter on stderr."""
+    # What no line of ours shows, not gathered for each record (the logging HOWTO's "Optimization"):
+    # the caller's file and line (a walk up the stack), the thread, the process and its name.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()

@@ -280,6 +280,8 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 return id
 """
 
+# A lease already held with this very token counts as claimed: a claim sent again after its reply was
+# lost (`workers.redis_lane` resends once when the connection breaks) answers as the first did.
 # KEYS: record, lease. ARGV: done field, token, ttl ms.
 CLAIM_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -289,7 +291,7 @@ local done = redis.call('HGET', KEYS[1], ARGV[1])
 if done and done ~= 'null' then
   return {'done', done}
 end
-if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
+if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) or redis.call('GET', KEYS[2]) == ARGV[2] then
   return {'claimed'}
 end
 return {'busy'}
@@ -317,7 +319,7 @@ else
   end
   created = 1
 end
-if redis.call('SET', KEYS[5], ARGV[6], 'NX', 'PX', ARGV[7]) then
+if redis.call('SET', KEYS[5], ARGV[6], 'NX', 'PX', ARGV[7]) or redis.call('GET', KEYS[5]) == ARGV[6] then
   return {created, 'claimed'}
 end
 return {created, 'busy'}

@@ -1,10 +1,10 @@
-"""The run store's three writes on the webhook's create path, for an asyncio Redis client.
+"""The run store's three writes on the webhook's create path, awaited on the event loop.
 
 A `create` creates and claims its run, then records the pending result Sectra stored.
 Through the blocking `RunStore` each of those is a worker-thread hop, which under load
 costs more than the Redis work itself. `AsyncRunStore` sends the very same scripts
 with the same keys and arguments (`RunStore.*_call` builds them, so the two cannot
-drift) over `redis.asyncio` on the event loop. Everything else stays on `RunStore`.
+drift) over a `RedisLane` (`workers.redis_lane`). Everything else stays on `RunStore`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis
-import redis.asyncio
 from typing_extensions import Unpack
 
+from workers.redis_lane import CommandBatch, LaneScript, RedisLane
 from workers.runstore import (
     CLAIM_SCRIPT,
     CREATE_AND_CLAIM_SCRIPT,
@@ -24,48 +24,6 @@ from workers.runstore import (
     RunStore,
     StepClaim,
 )
-
-# What a blocking client's connection settings carry over to its asyncio twin.
-_CARRIED = (
-    "host",
-    "port",
-    "path",
-    "db",
-    "username",
-    "password",
-    "socket_timeout",
-    "socket_connect_timeout",
-    "socket_keepalive",
-    "health_check_interval",
-    "client_name",
-    "ssl_keyfile",
-    "ssl_certfile",
-    "ssl_cert_reqs",
-    "ssl_ca_certs",
-    "ssl_ca_data",
-    "ssl_check_hostname",
-)
-_CONNECTION_CLASSES: dict[type[Any], type[Any]] = {
-    redis.connection.Connection: redis.asyncio.connection.Connection,
-    redis.connection.SSLConnection: redis.asyncio.connection.SSLConnection,
-    redis.connection.UnixDomainSocketConnection: redis.asyncio.connection.UnixDomainSocketConnection,
-}
-
-
-def asyncio_twin(client: redis.Redis) -> redis.asyncio.Redis:
-    """An asyncio client of the same server, database and credentials as `client`.
-
-    Built from `client`'s connection settings, so the webhook's two clients can never point at
-    different servers; raises `TypeError` for a connection kind it does not know.
-    """
-    pool = client.connection_pool
-    kind = _CONNECTION_CLASSES.get(pool.connection_class)
-    if kind is None:
-        raise TypeError(f"no asyncio counterpart for {pool.connection_class.__name__}")
-    settings = {name: pool.connection_kwargs[name] for name in _CARRIED if name in pool.connection_kwargs}
-    return redis.asyncio.Redis(
-        connection_pool=redis.asyncio.ConnectionPool(connection_class=kind, **settings)
-    )
 
 
 def same_database(a: redis.Redis, b: redis.Redis) -> bool:
@@ -77,25 +35,27 @@ def same_database(a: redis.Redis, b: redis.Redis) -> bool:
     )
 
 
-class AsyncRunStore:
-    """`create_and_claim`, `claim_step` and `complete_step` of `store`, awaited on `client`."""
+_CREATE_AND_CLAIM = LaneScript(CREATE_AND_CLAIM_SCRIPT)
+_CLAIM = LaneScript(CLAIM_SCRIPT)
+_WRITE = LaneScript(WRITE_SCRIPT)
 
-    def __init__(self, store: RunStore, client: redis.asyncio.Redis) -> None:
+
+class AsyncRunStore:
+    """`create_and_claim`, `claim_step` and `complete_step` of `store`, awaited on `lane`."""
+
+    def __init__(self, store: RunStore, lane: RedisLane) -> None:
         self._store = store
-        self.client = client
-        self._create_and_claim = client.register_script(CREATE_AND_CLAIM_SCRIPT)
-        self._claim = client.register_script(CLAIM_SCRIPT)
-        self._write = client.register_script(WRITE_SCRIPT)
+        self.lane = lane
 
     async def create_and_claim(self, **request: Unpack[CreateAndClaimRequest]) -> tuple[str, bool, StepClaim]:
         call = self._store.create_and_claim_call(**request)
-        return call.outcome(await self._create_and_claim(keys=call.keys, args=call.args))
+        return call.outcome(await self.lane.evalsha(_CREATE_AND_CLAIM, call.keys, call.args))
 
     async def claim_step(self, run_id: str, name: str, *, ttl_seconds: float, done_field: str) -> StepClaim:
         call = self._store.claim_step_call(run_id, name, ttl_seconds=ttl_seconds, done_field=done_field)
         if call is None:
             return StepClaim("gone")
-        return call.outcome(await self._claim(keys=call.keys, args=call.args))
+        return call.outcome(await self.lane.evalsha(_CLAIM, call.keys, call.args))
 
     async def complete_step(
         self,
@@ -105,7 +65,7 @@ class AsyncRunStore:
         *,
         event: str,
         event_data: Mapping[str, Any],
-        also: Callable[[redis.asyncio.client.Pipeline], bool] | None = None,
+        also: Callable[[CommandBatch], bool] | None = None,
         **fields: Any,
     ) -> tuple[bool, bool]:
         """`RunStore.complete_step`: (recorded, `also`'s answer). `also(pipe)` may queue more writes in
@@ -118,13 +78,11 @@ class AsyncRunStore:
             return False, False
         keys, args = call
         if also is None:
-            return await self._write(keys=keys, args=args) is not None, False
-        async with self.client.pipeline(transaction=True) as pipe:
-            # EVAL, not EVALSHA: inside MULTI a missing script cannot be loaded and retried.
-            pipe.eval(WRITE_SCRIPT, len(keys), *keys, *args)
-            queued = also(pipe)
-            replies = await pipe.execute()
+            return await self.lane.evalsha(_WRITE, keys, args) is not None, False
+        batch = CommandBatch().eval(WRITE_SCRIPT, len(keys), *keys, *args)
+        queued = also(batch)
+        replies = await self.lane.transaction(batch)
         return replies[0] is not None, queued
 
     async def close(self) -> None:
-        await self.client.aclose()
+        await self.lane.close()

@@ -21,7 +21,8 @@ import uuid
 from dataclasses import dataclass
 
 import redis
-import redis.asyncio
+
+from workers.redis_lane import CommandBatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +49,7 @@ class StepScheduler:
         return token
 
     def queue_new_token(
-        self, pipe: redis.client.Pipeline | redis.asyncio.client.Pipeline, run_id: str, delay: float = 0.0
+        self, pipe: redis.client.Pipeline | CommandBatch, run_id: str, delay: float = 0.0
     ) -> str:
         """`new_token`'s writes, queued on the caller's MULTI, so a message queued after them in the
         same transaction can never be seen by a worker before its token is current."""

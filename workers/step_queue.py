@@ -21,6 +21,7 @@ has a real worker consume it.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import socket
@@ -29,9 +30,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-import redis.asyncio
 
 from workers.priority import NORMAL, queue_key
+from workers.redis_lane import CommandBatch, RedisLane
 from workers.scheduler import StepScheduler
 
 _HOST = socket.gethostname()
@@ -54,49 +55,66 @@ class StepMessage:
         """The kombu Redis envelope of one Celery protocol-2 task message with these arguments."""
         task_id = str(uuid.uuid4())
         body = json.dumps([list(args), {}, _EMBED]).encode()
-        headers: dict[str, Any] = {
-            "lang": "py",
-            "task": self.task,
-            "id": task_id,
-            "shadow": None,
-            "eta": None,
-            "expires": None,
-            "group": None,
-            "group_index": None,
-            "retries": 0,
-            "timelimit": [self.time_limit, self.soft_time_limit],
-            "root_id": task_id,
-            "parent_id": None,
+        # The envelope's JSON is made once per process (`_template`); only these values differ.
+        return (
+            _template(self, os.getpid())
+            .replace(_TASK_ID, task_id)
+            .replace(_BODY, base64.b64encode(body).decode())
             # Celery's `saferepr` of the args tuple; ours are short ASCII ids, for which it is `repr`.
-            "argsrepr": repr(args),
-            "kwargsrepr": "{}",
-            "origin": f"gen{os.getpid()}@{_HOST}",  # Celery's `anon_nodename()`
-            "ignore_result": self.ignore_result,
-            "replaced_task_nesting": 0,
-            "stamped_headers": None,
-            "stamps": {},
-        }
-        envelope = {
-            "body": base64.b64encode(body).decode(),
-            "content-encoding": "utf-8",
-            "content-type": "application/json",
-            "headers": headers,
-            "properties": {
-                "correlation_id": task_id,
-                # Where a result would be sent; this task's results are ignored, as for `apply_async`.
-                "reply_to": "",
-                "delivery_mode": 2,  # persistent
-                "delivery_info": {"exchange": "", "routing_key": self.queue},
-                "priority": self.priority,
-                "body_encoding": "base64",
-                "delivery_tag": str(uuid.uuid4()),
-            },
-        }
-        return json.dumps(envelope).encode()
+            .replace(_ARGSREPR, json.dumps(repr(args))[1:-1])
+            .replace(_DELIVERY_TAG, str(uuid.uuid4()))
+            .encode()
+        )
+
+
+# Placeholders in the envelope's JSON: none can occur in what surrounds them (ids, names, numbers).
+_TASK_ID, _BODY, _ARGSREPR, _DELIVERY_TAG = "@@task-id@@", "@@body@@", "@@argsrepr@@", "@@delivery-tag@@"
+
+
+@functools.lru_cache(maxsize=8)
+def _template(message: StepMessage, pid: int) -> str:
+    headers: dict[str, Any] = {
+        "lang": "py",
+        "task": message.task,
+        "id": _TASK_ID,
+        "shadow": None,
+        "eta": None,
+        "expires": None,
+        "group": None,
+        "group_index": None,
+        "retries": 0,
+        "timelimit": [message.time_limit, message.soft_time_limit],
+        "root_id": _TASK_ID,
+        "parent_id": None,
+        "argsrepr": _ARGSREPR,
+        "kwargsrepr": "{}",
+        "origin": f"gen{pid}@{_HOST}",  # Celery's `anon_nodename()`
+        "ignore_result": message.ignore_result,
+        "replaced_task_nesting": 0,
+        "stamped_headers": None,
+        "stamps": {},
+    }
+    envelope = {
+        "body": _BODY,
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": headers,
+        "properties": {
+            "correlation_id": _TASK_ID,
+            # Where a result would be sent; this task's results are ignored, as for `apply_async`.
+            "reply_to": "",
+            "delivery_mode": 2,  # persistent
+            "delivery_info": {"exchange": "", "routing_key": message.queue},
+            "priority": message.priority,
+            "body_encoding": "base64",
+            "delivery_tag": _DELIVERY_TAG,
+        },
+    }
+    return json.dumps(envelope)
 
 
 def queue_first_step(
-    pipe: redis.client.Pipeline | redis.asyncio.client.Pipeline,
+    pipe: redis.client.Pipeline | CommandBatch,
     scheduler: StepScheduler,
     message: StepMessage,
     run_id: str,
@@ -116,10 +134,10 @@ def put_first_step(client: redis.Redis, scheduler: StepScheduler, message: StepM
 
 
 async def put_first_step_async(
-    client: redis.asyncio.Redis, scheduler: StepScheduler, message: StepMessage, run_id: str
+    lane: RedisLane, scheduler: StepScheduler, message: StepMessage, run_id: str
 ) -> str:
-    """`put_first_step` on an asyncio client (the webhook's event loop): the same MULTI, awaited."""
-    async with client.pipeline(transaction=True) as pipe:
-        token = queue_first_step(pipe, scheduler, message, run_id)
-        await pipe.execute()
+    """`put_first_step` on the webhook's event loop (`workers.redis_lane`): the same MULTI, awaited."""
+    batch = CommandBatch()
+    token = queue_first_step(batch, scheduler, message, run_id)
+    await lane.transaction(batch)
     return token

@@ -128,7 +128,7 @@ def test_a_refused_connection_is_handed_back(free_port: int) -> None:
     outcomes: list[str] = []
     with pytest.raises(NotSent, match="could not connect"):
         _post(f"http://127.0.0.1:{free_port}", "t", outcomes=outcomes)
-    assert outcomes == ["ClientConnectorError"]
+    assert outcomes == ["ConnectFailed"]
 
 
 def test_a_connection_dropped_after_the_request_is_not_repeated(raw_server: Callable[..., Any]) -> None:

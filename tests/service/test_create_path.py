@@ -15,18 +15,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import httpx
 import pytest
 import redis
-import redis.asyncio
 
+from sectra_adapter._http1 import Http1Pool, _Connection
 from service.app import create_app
 from service.webhook import PENDING_LEASE
 from tests.service.conftest import SECTRA_TOKEN, BridgeFactory, RecordingSectra, ServerThread, bridge_apps
 from workers import runtime
 from workers.celery_app import QUEUE, celery_app
 from workers.priority import NORMAL, queue_key
+from workers.redis_lane import RedisLane, _LaneProtocol
 from workers.runstore import RunStore, StepClaim
 from workers.settings import Settings
 
@@ -147,12 +147,12 @@ def test_a_lease_left_by_a_deleted_run_keeps_a_new_copy_busy(
 def test_creates_build_no_client_per_request(
     make_bridge: BridgeFactory, sectra: RecordingSectra, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The first create makes the loop's clients; the next ones reuse them (no httpx or aiohttp client,
-    no Redis connection pool built per request)."""
+    """The first create makes the loop's clients and connections; the next ones reuse them (no httpx
+    client, no Redis lane or Sectra pool, not even a new connection to either, per request)."""
     bridge = make_bridge()
     assert bridge.post(bridge.invocation()).status_code == 200
     built: list[str] = []
-    for cls in (httpx.Client, aiohttp.ClientSession, redis.asyncio.ConnectionPool):
+    for cls in (httpx.Client, RedisLane, _LaneProtocol, Http1Pool, _Connection):
         original = cls.__init__
 
         def counting_init(self: Any, *args: Any, __original: Any = original, **kwargs: Any) -> None:
