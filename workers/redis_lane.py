@@ -53,14 +53,16 @@ def encode_command(args: Sequence[Arg]) -> bytes:
     """One command in RESP (an array of bulk strings), encoded as redis-py encodes values."""
     parts = [b"*%d\r\n" % len(args)]
     for arg in args:
-        if isinstance(arg, bytes):
-            data = arg
-        elif isinstance(arg, str):
+        if type(arg) is str:  # nearly every argument (keys, ids, JSON): no isinstance chain
             data = arg.encode()
+        elif type(arg) is bytes:
+            data = arg
         elif isinstance(arg, bool):  # before int: redis-py refuses booleans too
             raise redis.DataError("a boolean is not a Redis value; send b'1' / b'0' or a string")
         elif isinstance(arg, int | float):
             data = repr(arg).encode()
+        elif isinstance(arg, str | bytes):  # subclasses
+            data = arg.encode() if isinstance(arg, str) else bytes(arg)
         else:
             raise redis.DataError(f"a {type(arg).__name__} is not a Redis value")
         parts.append(b"$%d\r\n%s\r\n" % (len(data), data))

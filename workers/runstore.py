@@ -173,6 +173,12 @@ def run_id_for(app_id: str, slide_id: str, cancellation_token: str) -> str:
     return f"run-{digest[:24]}"
 
 
+# `json.dumps(value, separators=(",", ":"))` and `json.dumps(value, default=str)`, without building an
+# encoder for every value (`json.dumps` makes one per call when given options).
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+_LENIENT = json.JSONEncoder(default=str)
+
+
 def _encode(fields: Mapping[str, Any]) -> list[str]:
     """Validate each value against its RunRecord field and flatten to HSET arguments."""
     flat: list[str] = []
@@ -181,7 +187,7 @@ def _encode(fields: Mapping[str, Any]) -> list[str]:
         if adapter is None:
             raise ValueError(f"RunRecord has no field {name!r}")
         plain = adapter.dump_python(adapter.validate_python(value), mode="json")
-        flat += [name, json.dumps(plain, separators=(",", ":"))]
+        flat += [name, _COMPACT.encode(plain)]
     return flat
 
 
@@ -203,8 +209,8 @@ def _refuse_identity(fields: Mapping[str, Any]) -> None:
 
 def _event_payload(data: Mapping[str, Any]) -> str:
     # Redacted as a structure, then serialised: the JSON stays valid whatever the strings hold.
-    plain = json.loads(json.dumps(_scrub(data), default=str))
-    return json.dumps(redact_value(plain), separators=(",", ":"))
+    plain = json.loads(_LENIENT.encode(_scrub(data)))
+    return _COMPACT.encode(redact_value(plain))
 
 
 def _scrub(data: Any) -> Any:
