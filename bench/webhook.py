@@ -438,6 +438,17 @@ def main() -> None:
         _wait_for(f"{sectra_url}/dev/slides", sectra)
         _wait_for(f"http://127.0.0.1:{ports['bridge']}/healthz", bridge)
         _wait_for(f"http://127.0.0.1:{ports['bare']}/healthz", bare)
+        # Unmeasured first: what each server does once (the bridge's first create imports Celery and
+        # opens its connections) would otherwise land on the first rate's CPU per request.
+        for port, server in ((ports["bare"], bare), (ports["bridge"], bridge)):
+            _measure(
+                port,
+                server,
+                sectra,
+                min(rates),
+                sectra_url,
+                argparse.Namespace(**{**vars(args), "duration": 1.0, "warmup": 1.0}),
+            )
         for rate in rates:
             bare_result = _measure(ports["bare"], bare, sectra, rate, sectra_url, args)
             bridge_result = _measure(ports["bridge"], bridge, sectra, rate, sectra_url, args)
