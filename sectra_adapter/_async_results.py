@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import ssl
 from collections.abc import Callable
-from urllib.parse import quote, urlsplit
 
 from pydantic import ValidationError
 from sectra_client.schemas import Result, ResultResponse
@@ -29,6 +28,7 @@ from sectra_client.schemas import Result, ResultResponse
 from sectra_adapter._client import ERROR_BODY_BYTES, raise_for_status
 from sectra_adapter._errors import SectraRequestFailed, SectraUnavailable
 from sectra_adapter._http1 import AnswerTooLarge, ConnectFailed, Http1Pool, Origin, RequestBrokeOff
+from sectra_adapter._urls import parse_origin
 
 # A stored result echoes what we sent (a pending result: a few hundred bytes); far more is not Sectra.
 MAX_RESULT_BYTES = 1 << 20
@@ -107,10 +107,7 @@ class AsyncResultPoster:
 
 @functools.lru_cache(maxsize=64)
 def _target(base_url: str) -> tuple[Origin, str]:
-    """The origin and path prefix of a base URL (`normalise_base_url`'s form), parsed once."""
-    parts = urlsplit(base_url)
-    host = parts.hostname or ""
-    if ":" not in host:  # a name, not an IPv6 address: its ASCII form (RFC 5891) for DNS and TLS
-        host = host.encode("idna").decode("ascii")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return Origin(parts.scheme, host, port), quote(parts.path, safe="/%:@!$&'()*+,;=-._~")
+    """The origin and path prefix of a base URL, parsed once by the allow-list's own parser (it refuses
+    whitespace, percent-encoding and anything else that could reshape the request line)."""
+    where = parse_origin(base_url)
+    return Origin(where.scheme, where.host, where.port), "".join(f"/{segment}" for segment in where.segments)

@@ -27,7 +27,7 @@ from workers import runtime
 from workers.celery_app import QUEUE, celery_app
 from workers.priority import NORMAL, queue_key
 from workers.redis_lane import RedisLane, _LaneProtocol
-from workers.runstore import RunStore, StepClaim
+from workers.runstore import CREATE_AND_CLAIM_SCRIPT, RunStore, StepClaim
 from workers.settings import Settings
 
 INVOCATION = {
@@ -130,6 +130,24 @@ def test_one_round_trip_answers_new_done_and_busy(redis_url: str, key_prefix: st
         for key in client.scan_iter(f"{key_prefix}:*"):
             client.delete(key)
         client.close()
+
+
+def test_a_claim_sent_again_answers_as_the_first_did(redis_client: redis.Redis, key_prefix: str) -> None:
+    """The lane resends a command whose connection broke; if Redis had run it, the resend (same lease
+    token) must find the lease its own, not busy, or the create would end in a 503 for nothing."""
+    store = RunStore(redis_client, prefix=key_prefix)
+    call = store.create_and_claim_call(**{**INVOCATION, "step": PENDING_LEASE, "ttl_seconds": 60,
+                                          "done_field": "pending_result"})  # fmt: skip
+    script = redis_client.register_script(CREATE_AND_CLAIM_SCRIPT)
+    first = call.outcome(script(keys=call.keys, args=call.args))
+    again = call.outcome(script(keys=call.keys, args=call.args))
+    other = store.create_and_claim_call(**{**INVOCATION, "step": PENDING_LEASE, "ttl_seconds": 60,
+                                           "done_field": "pending_result"})  # fmt: skip
+    assert first[1] and first[2].outcome == "claimed"
+    assert not again[1] and again[2] == first[2]  # the same claim, same token
+    assert other.outcome(script(keys=other.keys, args=other.args))[2].outcome == "busy"  # another copy
+    for key in redis_client.scan_iter(f"{key_prefix}:*"):
+        redis_client.delete(key)
 
 
 def test_a_lease_left_by_a_deleted_run_keeps_a_new_copy_busy(
