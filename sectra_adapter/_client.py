@@ -15,6 +15,7 @@ which is what lets a slide download keep pace with curl.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -408,6 +409,7 @@ def _retryable(exc: BaseException, *, idempotent: bool) -> bool:
     return idempotent and isinstance(exc, httpx.TransportError | _Busy)
 
 
+@functools.lru_cache(maxsize=256)
 def results_path(app_id: str) -> str:
     """Where a new result of `app_id` is posted (`create_results`)."""
     return f"/applications/{_seg(app_id)}/results"

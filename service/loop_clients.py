@@ -10,12 +10,14 @@ Everything off the create path keeps the blocking clients in `ServiceState`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import redis
+from prometheus_client import Counter
 
 from sectra_adapter import AsyncResultPoster
 from workers.observability import EXTERNAL_CALLS
@@ -32,8 +34,15 @@ CONNECTIONS_PER_SERVER = 16
 KEEPALIVE_SECONDS = 30.0
 
 
+@functools.cache
+def _sectra_calls(outcome: str) -> Counter:
+    """The counter child of one outcome, looked up once (`labels()` takes a lock and builds a key on
+    every call); outcomes are status codes and error names, a bounded set."""
+    return EXTERNAL_CALLS.labels(service="sectra", outcome=outcome)
+
+
 def _count_sectra_call(outcome: str) -> None:
-    EXTERNAL_CALLS.labels(service="sectra", outcome=outcome).inc()
+    _sectra_calls(outcome).inc()
 
 
 @dataclass
@@ -72,22 +81,22 @@ class LoopClients:
 
     async def record_and_enqueue(
         self, run_id: str, name: str, token: str, *, event: str, event_data: Mapping[str, Any], **fields: Any
-    ) -> bool:
+    ) -> tuple[bool, bool]:
         """Complete the run's claimed step and, where the queue is in the store's database, queue its
-        first step in the same MULTI. False: nothing queued (the app's own enqueue, or the queue is
-        elsewhere); the caller then enqueues it."""
+        first step in the same atomic write. (recorded, queued): not recorded, the run was deleted
+        meanwhile and nothing was queued; not queued (the app's own enqueue, or the queue is
+        elsewhere), the caller enqueues it."""
         enqueue = self.enqueue
         store_client = self.store.client
-        _, queued = await self.runs.complete_step(
+        return await self.runs.complete_step(
             run_id,
             name,
             token,
             event=event,
             event_data=event_data,
-            also=None if enqueue is None else lambda pipe: enqueue.queue_with(pipe, store_client, run_id),
+            also=None if enqueue is None else lambda batch: enqueue.queue_with(batch, store_client, run_id),
             **fields,
         )
-        return queued
 
     async def close(self) -> None:
         if self._store is not None:

@@ -101,7 +101,7 @@ def info(app_id: str, request: Request) -> JSONResponse:
     return JSONResponse(app_info(app).model_dump(mode="json"), headers=DEFAULT_HEADERS)
 
 
-async def invoke(app_id: str, request: Request) -> JSONResponse:
+async def invoke(app_id: str, request: Request) -> Response:
     state = get_state(request)
     app, invocation = await _invocation_for(request, state, app_id)
     if isinstance(invocation, NewImageFilesInvocation):
@@ -111,7 +111,7 @@ async def invoke(app_id: str, request: Request) -> JSONResponse:
     headers = await _checked_headers(request, state, invocation)
     if isinstance(invocation, CreateInvocation):
         result = await webhook.start_run(state, app, invocation, "create")
-        return JSONResponse(result, headers=headers)
+        return Response(result, media_type="application/json", headers=headers)
     if isinstance(invocation, CancelInvocation):
         note = await anyio.to_thread.run_sync(webhook.cancel_sync, state, app, invocation)
     elif isinstance(invocation, ModifyInvocation):

@@ -26,6 +26,7 @@ import time
 from typing import Any
 
 import anyio
+from prometheus_client import Counter
 from sectra_client.schemas import (
     CancelInvocation,
     CreateInvocation,
@@ -53,7 +54,7 @@ from workers.case import run_token
 from workers.dispatch import cancel_strand_job
 from workers.ids import is_run_id
 from workers.observability import RUNS_STARTED, run_context
-from workers.runstore import RunNotFound, RunSource
+from workers.runstore import ModelJson, RunNotFound, RunSource
 from workers.sectra_progress import region_input_frame
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ PENDING_LEASE = "pending-result"
 PENDING_LEASE_SECONDS = 60.0
 DUPLICATE_WAIT_SECONDS = 10.0
 MODIFY_AUDIT_MAX_BYTES = 64 * 1024
+# A stored result as the answer's JSON, spelled as Starlette's `JSONResponse` spells it.
+_ANSWER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
 async def start_run(
@@ -70,8 +73,8 @@ async def start_run(
     app: AppConfig,
     invocation: CreateInvocation | NewImageFilesInvocation,
     source: RunSource,
-) -> dict[str, Any]:
-    """The pending result stored in Sectra for this invocation, creating the run if it is new.
+) -> str:
+    """The pending result stored in Sectra for this invocation (JSON text), creating the run if it is new.
 
     On the event loop throughout (`service.loop_clients`); only a fallback or a failure takes a thread.
     """
@@ -96,8 +99,7 @@ async def start_run(
         pause = 0.02
         while True:
             if claim.outcome == "done":
-                done: dict[str, Any] = claim.value
-                return done
+                return _ANSWER.encode(claim.value)
             if claim.outcome == "claimed":
                 assert claim.token is not None
                 # Shielded: once the lease is ours, the result is stored and recorded (or the run
@@ -139,7 +141,9 @@ def check_input(app: AppConfig, invocation: CreateInvocation | NewImageFilesInvo
 def _input_fields(invocation: CreateInvocation | NewImageFilesInvocation) -> dict[str, Any]:
     """What the run keeps of the input: its type, and a region's content exactly as Sectra sent it."""
     kind = invocation.input.type.value
-    content = getattr(invocation.input, "content", None)
+    # Read from the model's fields (a whole-slide input has no `content`; getattr's miss costs pydantic
+    # an exception).
+    content = vars(invocation.input).get("content")
     region = content.model_dump(mode="json") if content is not None else None
     return {"input_type": kind, "region_input": region}
 
@@ -151,7 +155,7 @@ async def _store_pending(
     run_id: str,
     source: RunSource,
     lease: str,
-) -> dict[str, Any]:
+) -> str:
     """Store the pending result in Sectra, save it in the run, and enqueue the run: in that order.
 
     The worker updates this very result later, so it must be saved before the run is enqueued.
@@ -169,15 +173,16 @@ async def _store_pending(
             raise
         log.warning("could not store the pending result in Sectra; run discarded", extra={"reason": str(exc)})
         raise _sectra_refusal(exc) from None
-    body = stored.model_dump(mode="json")
-    # The run's result and (where the queue shares the store's database) its first step, in one MULTI.
-    queued = await state.loop.record_and_enqueue(
+    # The stored result as JSON once: the answer to this invocation and the run's copy of it.
+    body = stored.model_dump_json()
+    # The run's result and (where the queue shares the store's database) its first step, in one write.
+    recorded, queued = await state.loop.record_and_enqueue(
         run_id,
         PENDING_LEASE,
         lease,
         event="created",
         event_data={"source": source, "sectra_result_id": stored.id},
-        pending_result=body,
+        pending_result=ModelJson(body),
         sectra_result_id=stored.id,
         sectra_version_id=stored.versionId,
         message=stored.displayResult,
@@ -185,11 +190,22 @@ async def _store_pending(
         # no worker ever sees a region run without its region; `create_and_claim` takes no fields.
         **inputs,
     )
-    RUNS_STARTED.labels(app=app.id).inc()
+    if not recorded:
+        # Deleted (an operator, a `delete` invocation) while its result was being stored: nothing is
+        # queued for it, and the answer is still the result Sectra holds.
+        log.warning("the run was deleted while its pending result was stored; not started")
+        return body
+    _runs_started(app.id).inc()
     if not queued:
         await _enqueue(state, run_id)
     log.info("run created", extra={"source": source, "sectra_result_id": stored.id})
     return body
+
+
+@functools.cache
+def _runs_started(app_id: str) -> Counter:
+    """The counter child of one app, looked up once (the apps are the configured few)."""
+    return RUNS_STARTED.labels(app=app_id)
 
 
 async def _enqueue(state: ServiceState, run_id: str) -> None:

@@ -12,7 +12,7 @@ from workers import runtime
 from workers.celery_app import QUEUE, celery_app
 from workers.redis_lane import CommandBatch, RedisLane
 from workers.runstore import RunRecord, RunStatus
-from workers.runstore_async import same_database
+from workers.scheduler import StepScheduler
 from workers.settings import get_settings
 from workers.step_queue import StepMessage, put_first_step, put_first_step_async, queue_first_step
 from workers.tasks import run_step, schedule
@@ -44,6 +44,11 @@ class DirectEnqueue:
 
     def __init__(self) -> None:
         self._lane: RedisLane | None = None
+        # What `queue_with` found for the store client it was given, read on its first call: the step
+        # message and the scheduler, or None when the queue is not in that client's database (Celery's
+        # configuration costs microseconds per read and does not change under a running web process).
+        self._planned_for: redis.Redis | None = None
+        self._plan: tuple[StepMessage, StepScheduler] | None = None
 
     async def __call__(self, run_id: str) -> None:
         message = _direct_message()
@@ -55,18 +60,32 @@ class DirectEnqueue:
         await put_first_step_async(self._lane, runtime.scheduler(), message, run_id)
 
     def queue_with(self, pipe: CommandBatch, store_client: redis.Redis, run_id: str) -> bool:
-        """Queue the run's first step on the caller's MULTI (the run store's), when the queue is in the
-        store's own database; False (nothing queued) otherwise: then await the enqueue itself."""
-        message = _direct_message()
-        if message is None or not same_database(store_client, runtime.redis_client()):
+        """Queue the run's first step on the caller's batch (the run store's write), when the queue is
+        in the store's own database; False (nothing queued) otherwise: then await the enqueue itself."""
+        if self._planned_for is not store_client:
+            message = _direct_message()
+            shared = message is not None and same_database(store_client, runtime.redis_client())
+            self._plan = (message, runtime.scheduler()) if message is not None and shared else None
+            self._planned_for = store_client
+        if self._plan is None:
             return False
-        queue_first_step(pipe, runtime.scheduler(), message, run_id)
+        message, scheduler = self._plan
+        queue_first_step(pipe, scheduler, message, run_id)
         return True
 
     async def close(self) -> None:
         if self._lane is not None:
             await self._lane.close()
             self._lane = None
+
+
+def same_database(a: redis.Redis, b: redis.Redis) -> bool:
+    """Both clients reach the same Redis database (same kind of connection, address and db number)."""
+    pa, pb = a.connection_pool, b.connection_pool
+    where = ("host", "port", "path", "db")
+    return pa.connection_class is pb.connection_class and all(
+        pa.connection_kwargs.get(name) == pb.connection_kwargs.get(name) for name in where
+    )
 
 
 def _direct_message() -> StepMessage | None:

@@ -13,7 +13,6 @@ line that no longer parses.
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import re
 import sys
@@ -23,6 +22,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
+from pydantic_core import to_json
 
 _run_context: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
     "bridge_run_context", default=None
@@ -79,31 +79,37 @@ def redact_value(value: Any) -> Any:
     return value
 
 
-# `json.dumps(entry, default=str)`, without building an encoder for every line.
-_LINE = json.JSONEncoder(default=str)
-
-
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, carrying the current run's context."""
 
+    # The line's whole-second time, made once per second: `strftime` costs more than the rest of a line.
+    _second: tuple[int, str] = (-1, "")
+
     def format(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        cached = self._second
+        if cached[0] != second:
+            cached = self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": f"{cached[1]}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "event": record.getMessage(),
         }
         entry.update(_run_context.get() or {})
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD_ATTRS and not key.startswith("_"):
+        # What the caller passed in `extra` (a set difference in C, then in a stable order).
+        for key in sorted(record.__dict__.keys() - _STANDARD_ATTRS):
+            if not key.startswith("_"):
+                value = record.__dict__[key]
                 entry[key] = value if isinstance(value, (int, float, bool)) or value is None else str(value)
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
         # The entry is flat: one search over its keys and strings together tells whether any needs
         # masking (a pattern that matches inside one of them matches inside them all, joined).
         probe = "\n".join([*entry, *(value for value in entry.values() if isinstance(value, str))])
-        return _LINE.encode(redact_value(entry) if may_hold_secret(probe) else entry)
+        # pydantic-core's serializer: a few times faster than `json.dumps` for a line (non-ASCII text is
+        # written as UTF-8 rather than escaped).
+        return to_json(redact_value(entry) if may_hold_secret(probe) else entry, fallback=str).decode()
 
 
 def configure_logging(level: str = "INFO") -> None:

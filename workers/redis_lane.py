@@ -50,23 +50,14 @@ _TLS_OPTIONS = frozenset(inspect.signature(redis.asyncio.connection.RedisSSLCont
 
 
 def encode_command(args: Sequence[Arg]) -> bytes:
-    """One command in RESP (an array of bulk strings), encoded as redis-py encodes values."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        if type(arg) is str:  # nearly every argument (keys, ids, JSON): no isinstance chain
-            data = arg.encode()
-        elif type(arg) is bytes:
-            data = arg
-        elif isinstance(arg, bool):  # before int: redis-py refuses booleans too
-            raise redis.DataError("a boolean is not a Redis value; send b'1' / b'0' or a string")
-        elif isinstance(arg, int | float):
-            data = repr(arg).encode()
-        elif isinstance(arg, str | bytes):  # subclasses
-            data = arg.encode() if isinstance(arg, str) else bytes(arg)
-        else:
-            raise redis.DataError(f"a {type(arg).__name__} is not a Redis value")
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)
+    """One command in RESP (an array of bulk strings), packed in C by hiredis as redis-py packs it when
+    hiredis is installed (strings UTF-8, numbers by `repr`); anything else, booleans included, is a
+    `redis.DataError`, as there."""
+    try:
+        # hiredis's stub types the argument as a 1-tuple; it takes any length.
+        return hiredis.pack_command(tuple(args))  # type: ignore[arg-type]
+    except TypeError as exc:
+        raise redis.DataError(f"not a Redis value: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,27 +72,27 @@ class LaneScript:
 
 
 class CommandBatch:
-    """Commands for one MULTI/EXEC, written as a redis-py pipeline is (`hset`, `expire`, `lpush`, `eval`),
-    so code that queues writes on a transaction serves both clients."""
+    """Commands written as on a redis-py pipeline (`hset`, `expire`, `lpush`), so code that queues writes
+    serves both clients; sent as one MULTI/EXEC (`RedisLane.transaction`) or run by a script after its
+    own work (`workers.runstore.WRITE_THEN_SCRIPT`), which is why each command's key is kept too."""
 
     def __init__(self) -> None:
         self.commands: list[tuple[Arg, ...]] = []
+        self.keys: list[str] = []
 
     def hset(self, name: str, *, mapping: dict[str, Arg]) -> CommandBatch:
         self.commands.append(("HSET", name, *(part for pair in mapping.items() for part in pair)))
+        self.keys.append(name)
         return self
 
     def expire(self, name: str, time: int) -> CommandBatch:
         self.commands.append(("EXPIRE", name, time))
+        self.keys.append(name)
         return self
 
     def lpush(self, name: str, *values: Arg) -> CommandBatch:
         self.commands.append(("LPUSH", name, *values))
-        return self
-
-    def eval(self, script: str, numkeys: int, *keys_and_args: Arg) -> CommandBatch:
-        # EVAL, not EVALSHA: inside MULTI a script Redis lacks cannot be loaded and retried.
-        self.commands.append(("EVAL", script, numkeys, *keys_and_args))
+        self.keys.append(name)
         return self
 
 

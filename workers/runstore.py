@@ -25,16 +25,18 @@ import hashlib
 import json
 import re
 import time
-import uuid
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, Literal
 
 import redis
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from typing_extensions import TypedDict, Unpack  # pydantic needs this TypedDict on Python < 3.12
 
-from workers.ids import RUN_ID_RULE, is_run_id
+from workers.ids import RUN_ID_RULE, is_run_id, random_token
 from workers.observability import redact_value
 from workers.states import FINAL_STATES, IllegalTransition, RunStatus, check_transition
 
@@ -167,6 +169,24 @@ _ADAPTERS: dict[str, TypeAdapter[Any]] = {
 }
 
 
+def _plain_types(annotation: Any) -> frozenset[type]:
+    """The value types a field takes exactly as they are (`str`, `int | None`, ...): validating one of
+    these returns it unchanged, so it is JSON-encoded without pydantic. Empty for any other field."""
+    members = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    allowed = {str, int, float, bool, type(None)}
+    return frozenset(members) if all(member in allowed for member in members) else frozenset()
+
+
+_PLAIN_TYPES = {
+    name: frozenset() if field.metadata else _plain_types(field.annotation)  # constraints: pydantic's job
+    for name, field in RunRecord.model_fields.items()
+}
+# The fields typed `dict[str, Any] | None`: a `ModelJson` may be written to these.
+_OBJECT_FIELDS = frozenset(
+    name for name, field in RunRecord.model_fields.items() if field.annotation == dict[str, Any] | None
+)
+
+
 def run_id_for(app_id: str, slide_id: str, cancellation_token: str) -> str:
     """The one run id an invocation maps to; a digest, so ids carry no slide identifiers."""
     digest = hashlib.sha256("\x1f".join((app_id, slide_id, cancellation_token)).encode()).hexdigest()
@@ -177,6 +197,33 @@ def run_id_for(app_id: str, slide_id: str, cancellation_token: str) -> str:
 # encoder for every value (`json.dumps` makes one per call when given options).
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
 _LENIENT = json.JSONEncoder(default=str)
+# `_COMPACT.encode` without its per-call set-up: the C encoder `JSONEncoder.iterencode` builds for every
+# call, built once (the values are JSON-shaped dumps, so no check for reference cycles).
+_COMPACT_C = (
+    None
+    if c_make_encoder is None
+    else c_make_encoder(None, None, encode_basestring_ascii, None, ":", ",", False, False, True)
+)
+
+
+def _compact(value: Any) -> str:
+    """`_COMPACT.encode(value)`, spelled the same."""
+    if type(value) is str:
+        return str(encode_basestring_ascii(value))
+    if _COMPACT_C is None:  # an interpreter without the C accelerator  # pragma: no cover
+        return _COMPACT.encode(value)
+    return "".join(_COMPACT_C(value, 0))
+
+
+def _json_scalar(value: Any) -> str:
+    """`json.dumps(value)` of a string or a finite float (an id, a time), spelled the same."""
+    return str(encode_basestring_ascii(value)) if type(value) is str else float.__repr__(value)
+
+
+class ModelJson(str):
+    """A field's value as the JSON text of a model pydantic validated (`model_dump_json()`), written as
+    it is: the webhook's pending result, which Sectra's answer was parsed into once already, is not
+    validated, dumped and encoded again. Only for a dict-typed field, which any model's JSON fits."""
 
 
 def _encode(fields: Mapping[str, Any]) -> list[str]:
@@ -186,8 +233,17 @@ def _encode(fields: Mapping[str, Any]) -> list[str]:
         adapter = _ADAPTERS.get(name)
         if adapter is None:
             raise ValueError(f"RunRecord has no field {name!r}")
+        kind = type(value)
+        if kind in _PLAIN_TYPES[name]:
+            flat += [name, _compact(value)]
+            continue
+        if kind is ModelJson:
+            if name not in _OBJECT_FIELDS:
+                raise ValueError(f"RunRecord field {name!r} does not hold a JSON object")
+            flat += [name, str(value)]
+            continue
         plain = adapter.dump_python(adapter.validate_python(value), mode="json")
-        flat += [name, _COMPACT.encode(plain)]
+        flat += [name, _compact(plain)]
     return flat
 
 
@@ -207,10 +263,17 @@ def _refuse_identity(fields: Mapping[str, Any]) -> None:
         raise ValueError(f"these fields never change after creation: {', '.join(sorted(fixed))}")
 
 
+_JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def _event_payload(data: Mapping[str, Any]) -> str:
     # Redacted as a structure, then serialised: the JSON stays valid whatever the strings hold.
+    if all(type(key) is str and type(value) in _JSON_SCALARS for key, value in data.items()):
+        # Flat and already JSON-typed (most entries, the create's among them): the round trip below
+        # would hand back the very same values.
+        return _compact(redact_value(_scrub(data)))
     plain = json.loads(_LENIENT.encode(_scrub(data)))
-    return _COMPACT.encode(redact_value(plain))
+    return _compact(redact_value(plain))
 
 
 def _scrub(data: Any) -> Any:
@@ -247,32 +310,60 @@ return {1}
 """
 
 # One script for every field write, so a checkpoint, its audit entry and the release of the step's
-# lease land together or not at all.
-# KEYS: record, events, lease[, result index].
-# ARGV: ttl, run_id, return record (1/0), lease token ('' = none), event ('' = none), ts, data, maxlen,
-#       field/value...
-WRITE_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
+# lease land together or not at all. A function of its keys (K) and arguments (A), so
+# `WRITE_THEN_SCRIPT` runs the very same write.
+# K: record, events, lease[, result index].
+# A: ttl, run_id, return record (1/0), lease token ('' = none), event ('' = none), ts, data, maxlen,
+#    field/value...
+_WRITE_FUNCTION = """
+local function write(K, A)
+  if redis.call('EXISTS', K[1]) == 0 then
+    return false
+  end
+  redis.call('HSET', K[1], unpack(A, 9))
+  redis.call('EXPIRE', K[1], A[1])
+  if A[5] ~= '' then
+    redis.call('XADD', K[2], 'MAXLEN', '~', A[8], '*', 'ts', A[6], 'event', A[5], 'data', A[7])
+  end
+  redis.call('EXPIRE', K[2], A[1])
+  if K[4] then
+    redis.call('HSET', K[4], redis.call('HGET', K[1], 'app_id'), A[2])
+    redis.call('EXPIRE', K[4], A[1])
+  end
+  if A[4] ~= '' and redis.call('GET', K[3]) == A[4] then
+    redis.call('DEL', K[3])
+  end
+  if A[3] == '1' then
+    return redis.call('HGETALL', K[1])
+  end
+  return 1
+end
+"""
+WRITE_SCRIPT = _WRITE_FUNCTION + "return write(KEYS, ARGV)\n"
+
+# The write, then, only if the run still exists, more commands in the same atomic step: the webhook's
+# record of its pending result with the run's first step (`AsyncRunStore.complete_step`), one EVALSHA
+# instead of a MULTI around an EVAL of the script's whole text. The commands' keys are declared in KEYS
+# too, as Redis asks of every key a script touches.
+# KEYS: the write's keys, then the commands' keys.
+# ARGV: the write's key count, its argument count, its arguments, then each command's word count and words.
+WRITE_THEN_SCRIPT = (
+    _WRITE_FUNCTION
+    + """
+local nkeys, nargs = tonumber(ARGV[1]), tonumber(ARGV[2])
+local written = write({unpack(KEYS, 1, nkeys)}, {unpack(ARGV, 3, 2 + nargs)})
+if not written then
   return false
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 9))
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-if ARGV[5] ~= '' then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[8], '*', 'ts', ARGV[6], 'event', ARGV[5], 'data', ARGV[7])
+local i = 3 + nargs
+while i <= #ARGV do
+  local words = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + words))
+  i = i + 1 + words
 end
-redis.call('EXPIRE', KEYS[2], ARGV[1])
-if KEYS[4] then
-  redis.call('HSET', KEYS[4], redis.call('HGET', KEYS[1], 'app_id'), ARGV[2])
-  redis.call('EXPIRE', KEYS[4], ARGV[1])
-end
-if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) == ARGV[4] then
-  redis.call('DEL', KEYS[3])
-end
-if ARGV[3] == '1' then
-  return redis.call('HGETALL', KEYS[1])
-end
-return 1
+return written
 """
+)
 
 # KEYS: record, events. ARGV: ttl, maxlen, ts, event, data.
 _APPEND = """
@@ -729,7 +820,7 @@ class RunStore:
             raise ValueError(f"RunRecord has no field {done_field!r}")
         if not is_run_id(run_id):
             return None
-        token = uuid.uuid4().hex
+        token = random_token()
         return ClaimCall(
             token,
             [self._record_key(run_id), self._lease_key(run_id, name)],
@@ -772,8 +863,8 @@ class RunStore:
             "updated_at": now,
             "status": RunStatus.received.value,
         }
-        encoded = [part for name, value in fields.items() for part in (name, json.dumps(value))]
-        token = uuid.uuid4().hex
+        encoded = [part for name, value in fields.items() for part in (name, _json_scalar(value))]
+        token = random_token()
         keys = [
             self._record_key(run_id),
             self._index_all(),

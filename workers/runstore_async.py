@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import redis
 from typing_extensions import Unpack
 
 from workers.redis_lane import CommandBatch, LaneScript, RedisLane
@@ -20,24 +19,16 @@ from workers.runstore import (
     CLAIM_SCRIPT,
     CREATE_AND_CLAIM_SCRIPT,
     WRITE_SCRIPT,
+    WRITE_THEN_SCRIPT,
     CreateAndClaimRequest,
     RunStore,
     StepClaim,
 )
 
-
-def same_database(a: redis.Redis, b: redis.Redis) -> bool:
-    """Both clients reach the same Redis database (same kind of connection, address and db number)."""
-    pa, pb = a.connection_pool, b.connection_pool
-    where = ("host", "port", "path", "db")
-    return pa.connection_class is pb.connection_class and all(
-        pa.connection_kwargs.get(name) == pb.connection_kwargs.get(name) for name in where
-    )
-
-
 _CREATE_AND_CLAIM = LaneScript(CREATE_AND_CLAIM_SCRIPT)
 _CLAIM = LaneScript(CLAIM_SCRIPT)
 _WRITE = LaneScript(WRITE_SCRIPT)
+_WRITE_THEN = LaneScript(WRITE_THEN_SCRIPT)
 
 
 class AsyncRunStore:
@@ -68,21 +59,24 @@ class AsyncRunStore:
         also: Callable[[CommandBatch], bool] | None = None,
         **fields: Any,
     ) -> tuple[bool, bool]:
-        """`RunStore.complete_step`: (recorded, `also`'s answer). `also(pipe)` may queue more writes in
-        the same MULTI (the run's first step: one round trip, and the run is never recorded without
-        it); it answers whether it did."""
+        """`RunStore.complete_step`: (recorded, `also`'s commands ran). `also(batch)` may add writes
+        that run in the same atomic step, only if the run still exists (the run's first step: one
+        round trip, and a run is never recorded without it nor queued once deleted); it answers
+        whether it added any."""
         call = self._store.complete_step_call(
             run_id, name, token, event=event, event_data=event_data, **fields
         )
         if call is None:
             return False, False
         keys, args = call
-        if also is None:
+        batch = CommandBatch()
+        if also is None or not also(batch):
             return await self.lane.evalsha(_WRITE, keys, args) is not None, False
-        batch = CommandBatch().eval(WRITE_SCRIPT, len(keys), *keys, *args)
-        queued = also(batch)
-        replies = await self.lane.transaction(batch)
-        return replies[0] is not None, queued
+        packed: list[Any] = [len(keys), len(args), *args]
+        for command in batch.commands:
+            packed += (len(command), *command)
+        recorded = await self.lane.evalsha(_WRITE_THEN, [*keys, *batch.keys], packed) is not None
+        return recorded, recorded
 
     async def close(self) -> None:
         await self.lane.close()

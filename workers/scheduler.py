@@ -17,11 +17,11 @@ sweep). A started step whose lease lapsed had its worker die.
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass
 
 import redis
 
+from workers.ids import random_token
 from workers.redis_lane import CommandBatch
 
 
@@ -53,7 +53,7 @@ class StepScheduler:
     ) -> str:
         """`new_token`'s writes, queued on the caller's MULTI, so a message queued after them in the
         same transaction can never be seen by a worker before its token is current."""
-        token = uuid.uuid4().hex
+        token = random_token()
         key = self._key(run_id)
         pipe.hset(key, mapping={"token": token, "due_at": repr(time.time() + max(0.0, delay))})
         pipe.expire(key, self._ttl)

@@ -25,18 +25,20 @@ import functools
 import json
 import os
 import socket
-import uuid
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 import redis
 
+from workers.ids import uuid4_text
 from workers.priority import NORMAL, queue_key
 from workers.redis_lane import CommandBatch, RedisLane
 from workers.scheduler import StepScheduler
 
 _HOST = socket.gethostname()
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+_BODY_TAIL = json.dumps([{}, _EMBED])[1:]  # what follows the arguments in the body's JSON
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,16 +55,17 @@ class StepMessage:
 
     def encode(self, args: tuple[str, ...]) -> bytes:
         """The kombu Redis envelope of one Celery protocol-2 task message with these arguments."""
-        task_id = str(uuid.uuid4())
-        body = json.dumps([list(args), {}, _EMBED]).encode()
+        task_id = uuid4_text()
+        # `json.dumps([list(args), {}, _EMBED])`, with the constant part spelled once (`_BODY_TAIL`).
+        body = f"[[{', '.join(map(encode_basestring_ascii, args))}], {_BODY_TAIL}".encode()
         # The envelope's JSON is made once per process (`_template`); only these values differ.
         return (
             _template(self, os.getpid())
             .replace(_TASK_ID, task_id)
             .replace(_BODY, base64.b64encode(body).decode())
             # Celery's `saferepr` of the args tuple; ours are short ASCII ids, for which it is `repr`.
-            .replace(_ARGSREPR, json.dumps(repr(args))[1:-1])
-            .replace(_DELIVERY_TAG, str(uuid.uuid4()))
+            .replace(_ARGSREPR, encode_basestring_ascii(repr(args))[1:-1])
+            .replace(_DELIVERY_TAG, uuid4_text())
             .encode()
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -10,6 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pydantic
 import pytest
 import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from workers.runstore import IllegalTransition, RunNotFound, RunRecord, RunStatus, RunStore, run_id_for
 from workers.states import WORKING_ORDER, allowed_sources
@@ -474,3 +477,64 @@ def test_the_scripts_also_run_on_fakeredis_for_the_demo() -> None:
     assert [e["event"] for e in store.events(record.run_id)] == ["created"]
     assert [r.run_id for r in store.list_runs(status=RunStatus.downloading)] == [record.run_id]
     assert store.delete(record.run_id)
+
+
+_FLAT_KEYS = st.sampled_from(["source", "sectra_result_id", "token", "api_key", "note", "Authorization"])
+_FLAT_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),  # NaN and infinities too: the lenient encoder writes them, and so must the fast path
+    st.text(max_size=40),
+    st.sampled_from(["Bearer abc.def", "token=xyz", "sk-strand-123", "create"]),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.dictionaries(_FLAT_KEYS | st.text(max_size=12), _FLAT_VALUES, max_size=6))
+def test_a_flat_audit_entry_is_written_as_the_general_path_writes_it(data: dict[str, object]) -> None:
+    """The shortcut for flat entries against the general formula (scrub, JSON round trip, redact)."""
+    from workers.observability import redact_value
+    from workers.runstore import _COMPACT, _event_payload, _scrub
+
+    general = _COMPACT.encode(redact_value(json.loads(json.dumps(_scrub(data), default=str))))
+    assert _event_payload(data) == general
+
+
+_ANY_PLAIN = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=30), st.just('\u00e4\x00"\\')
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.sampled_from(sorted(RunRecord.model_fields)), _ANY_PLAIN)
+def test_a_plain_field_value_is_encoded_as_pydantic_validates_and_dumps_it(name: str, value: object) -> None:
+    """The shortcut for values a field takes as they are, against pydantic's validate-and-dump."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from workers.runstore import _COMPACT, _encode
+
+    field = RunRecord.model_fields[name]
+    adapter: TypeAdapter[object] = TypeAdapter(field.annotation)
+    try:
+        expected = _COMPACT.encode(adapter.dump_python(adapter.validate_python(value), mode="json"))
+    except ValidationError:
+        with pytest.raises(ValidationError):
+            _encode({name: value})
+        return
+    assert _encode({name: value}) == [name, expected]
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_JSON_VALUES)
+def test_the_stored_json_is_spelled_as_json_dumps_spells_it(value: object) -> None:
+    from workers.runstore import _compact
+
+    assert _compact(value) == json.dumps(value, separators=(",", ":"))
