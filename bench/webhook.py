@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/webhook.py [--rates 50,100,200] [--duration 10] [--workers 2]
                                       [--redis-url redis://127.0.0.1:6379/13] [--log-level INFO]
-                                      [--profile FILE]
+                                      [--rounds 3] [--profile FILE]
 
 Separate processes, so no two parts share an interpreter: Sectra's mock server (the `create`
 path stores a pending result there; one uvicorn process), the bridge as a deployment runs it
@@ -20,10 +20,13 @@ CPU than the bare endpoint itself on a small machine, and skew both figures alik
 
 Every bridge request carries a distinct cancellationToken, so each is a real new run: Redis
 writes, a Sectra result and a Celery message on the broker (nobody consumes it; the bench
-deletes it). At each rate the same run measures the bare endpoint, then the bridge, and prints
-both with their ratio; CPU per request is each server's process tree (supervisor and workers)
-over the requests sent, which load elsewhere on the machine barely moves, unlike latency.
-Targets: bridge p99 < 50 ms at 200 requests/s, and CPU per create <= 3x the bare endpoint.
+deletes it). At each rate the same run measures the bare endpoint, then the bridge,
+`--rounds` times over (alternated, so a slow spell of the machine falls on both), and prints
+each pair with its ratio and the median of the CPU ratios; CPU per request is each server's
+process tree (supervisor and workers) over the requests sent. On a shared VM that figure
+moves by a tenth to a third between runs, for the bare endpoint as much as for the bridge,
+hence the rounds. Targets: bridge p99 < 50 ms at 200 requests/s in every round, and CPU per
+create <= 3x the bare endpoint (the median of the rounds) at every rate.
 
 `--profile FILE` adds an unmeasured pass at the highest rate under py-spy (`--gil`: samples of
 the threads holding the GIL, so CPU, not waiting), writes the collapsed stacks to FILE and
@@ -410,6 +413,12 @@ def main() -> None:
     parser.add_argument(
         "--log-level", default="INFO", help="the bridge's BRIDGE_LOG_LEVEL (INFO: the default)"
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="bare-then-bridge measurements per rate; the CPU ratio is their median (this VM's noise)",
+    )
     parser.add_argument("--profile", default=None, help="also profile the bridge with py-spy into this file")
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
@@ -433,7 +442,7 @@ def main() -> None:
     bare = _popen(
         [sys.executable, __file__, "_bare", str(ports["bare"]), str(args.workers)], logs / "bare.log"
     )
-    results: list[tuple[float, dict[str, Any], dict[str, Any]]] = []
+    results: list[tuple[float, list[tuple[dict[str, Any], dict[str, Any]]]]] = []
     try:
         _wait_for(f"{sectra_url}/dev/slides", sectra)
         _wait_for(f"http://127.0.0.1:{ports['bridge']}/healthz", bridge)
@@ -450,9 +459,15 @@ def main() -> None:
                 argparse.Namespace(**{**vars(args), "duration": 1.0, "warmup": 1.0}),
             )
         for rate in rates:
-            bare_result = _measure(ports["bare"], bare, sectra, rate, sectra_url, args)
-            bridge_result = _measure(ports["bridge"], bridge, sectra, rate, sectra_url, args)
-            results.append((rate, bare_result, bridge_result))
+            # Alternated, so a slow spell of the machine lands on both servers rather than on one.
+            rounds = [
+                (
+                    _measure(ports["bare"], bare, sectra, rate, sectra_url, args),
+                    _measure(ports["bridge"], bridge, sectra, rate, sectra_url, args),
+                )
+                for _ in range(args.rounds)
+            ]
+            results.append((rate, rounds))
         if args.profile:
             _profile(ports["bridge"], bridge, max(rates), sectra_url, args)
     finally:
@@ -473,20 +488,35 @@ def main() -> None:
     )
     met = True
     worst_cpu_ratio = 0.0
-    for rate, bare_result, bridge_result in results:
+    for rate, rounds in results:
         print(f"{rate:g} requests/s")
-        _report("bare", bare_result)
-        _report("bridge", bridge_result)
-        cpu_ratio = bridge_result["cpu_ms_per_request"] / bare_result["cpu_ms_per_request"]
-        print(
-            f"  bridge / bare: p50 x{bridge_result['p50_ms'] / bare_result['p50_ms']:.1f}, "
-            f"p99 x{bridge_result['p99_ms'] / bare_result['p99_ms']:.1f}, CPU per request x{cpu_ratio:.1f}"
-        )
-        met = met and bridge_result["p99_ms"] < 50 and not bridge_result["errors"]
-        worst_cpu_ratio = max(worst_cpu_ratio, cpu_ratio)
-    print(f"target bridge p99 < 50 ms with no errors at every rate: {'met' if met else 'NOT met'}")
+        ratios = []
+        for number, (bare_result, bridge_result) in enumerate(rounds, 1):
+            if len(rounds) > 1:
+                print(f" round {number}")
+            _report("bare", bare_result)
+            _report("bridge", bridge_result)
+            cpu_ratio = bridge_result["cpu_ms_per_request"] / bare_result["cpu_ms_per_request"]
+            ratios.append(cpu_ratio)
+            p50 = bridge_result["p50_ms"] / bare_result["p50_ms"]
+            p99 = bridge_result["p99_ms"] / bare_result["p99_ms"]
+            print(f"  bridge / bare: p50 x{p50:.1f}, p99 x{p99:.1f}, CPU per request x{cpu_ratio:.1f}")
+            met = met and bridge_result["p99_ms"] < 50 and not bridge_result["errors"]
+        median = statistics.median(ratios)
+        if len(rounds) > 1:
+            print(
+                f"  CPU per request, bridge / bare over {len(rounds)} rounds: median x{median:.2f} "
+                f"(each: {', '.join(f'x{r:.2f}' for r in ratios)})"
+            )
+        worst_cpu_ratio = max(worst_cpu_ratio, median)
+    print(
+        f"target bridge p99 < 50 ms with no errors at every rate (every round): {'met' if met else 'NOT met'}"
+    )
     verdict = "met" if worst_cpu_ratio <= 3 else "NOT met"
-    print(f"target CPU per create <= 3x the bare endpoint at every rate: {verdict} (x{worst_cpu_ratio:.1f})")
+    print(
+        f"target CPU per create <= 3x the bare endpoint at every rate (median of the rounds): {verdict} "
+        f"(x{worst_cpu_ratio:.2f} at worst)"
+    )
 
 
 if __name__ == "__main__":

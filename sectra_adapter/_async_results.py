@@ -67,13 +67,16 @@ class AsyncResultPoster:
     async def close(self) -> None:
         await self._pool.close()
 
-    async def create_results(self, base_url: str, token: str, result: Result, *, path: str) -> ResultResponse:
+    async def create_results(
+        self, base_url: str, token: str, result: Result | bytes, *, path: str
+    ) -> ResultResponse:
         """POST `result` to `base_url + path` (`results_path(app_id)`) with the invocation's token.
 
-        `base_url` is one `normalise_base_url` made; `token` one `service.parsing` checked (token68).
+        `base_url` is one `normalise_base_url` made; `token` one `service.parsing` checked (token68);
+        `result` a `Result`, or one's JSON already made (`pending_result_json`).
         """
         origin, prefix = _target(base_url)
-        body = result.model_dump_json().encode()
+        body = result if isinstance(result, bytes) else result.model_dump_json().encode()
         head = (
             f"POST {prefix}{path} HTTP/1.1\r\nHost: {origin.host_header}\r\n"
             f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"

@@ -16,6 +16,7 @@ implicitly: Sectra joins the last point to the first.
 from __future__ import annotations
 
 import colorsys
+import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import shapely
+from pydantic_core import to_json
 from sectra_client.schemas import (
     Label,
     Point,
@@ -161,6 +163,30 @@ def pending_result(
     message at its top point, so the pathologist sees where the work is under way.
     """
     return _status_result(slide_id, app_version, message, "Queued", "pending", context, frame)
+
+
+def pending_result_json(slide_id: str, app_version: str, *, frame: Frame | None = None) -> bytes:
+    """`pending_result(slide_id, app_version, frame=frame).model_dump_json()`, as bytes to POST.
+
+    A whole-slide run's pending result (no frame) differs from slide to slide only in its
+    `slideId`, so its JSON is made once per app version and the id, encoded by pydantic's own
+    serializer, is set in front (the webhook posts one per `create`).
+    """
+    if frame:
+        return pending_result(slide_id, app_version, frame=frame).model_dump_json().encode()
+    return b'{"slideId":' + to_json(slide_id) + _unframed_pending_tail(app_version)
+
+
+@functools.lru_cache(maxsize=64)
+def _unframed_pending_tail(app_version: str) -> bytes:
+    whole = pending_result(_SLIDE_PLACEHOLDER, app_version).model_dump_json().encode()
+    head = b'{"slideId":' + to_json(_SLIDE_PLACEHOLDER) + b","
+    if not whole.startswith(head) or _SLIDE_PLACEHOLDER.encode() in whole[len(head) :]:
+        raise AssertionError("a pending result's JSON no longer starts with its slideId alone")
+    return whole[len(head) - 1 :]
+
+
+_SLIDE_PLACEHOLDER = "@@slide-id@@"
 
 
 def progress_result(

@@ -44,6 +44,7 @@ from sectra_adapter import (
     SectraUnavailable,
     normalise_base_url,
     pending_result,
+    pending_result_json,
     results_path,
 )
 from service.errors import SECTRA_RETRY_AFTER_SECONDS, ApiError, unavailable
@@ -55,7 +56,7 @@ from workers.dispatch import cancel_strand_job
 from workers.ids import is_run_id
 from workers.observability import RUNS_STARTED, run_context
 from workers.runstore import ModelJson, RunNotFound, RunSource
-from workers.sectra_progress import region_input_frame
+from workers.sectra_progress import Frame, region_input_frame
 
 log = logging.getLogger(__name__)
 
@@ -163,9 +164,8 @@ async def _store_pending(
     inputs = _input_fields(invocation)
     # A region is framed where it was drawn; a whole slide's size is not known yet (no frame until then).
     frame = region_input_frame(inputs["region_input"]) or None
-    pending = pending_result(invocation.slideId, app.version, frame=frame)
     try:
-        stored = await _create_in_sectra(state, app, invocation, pending)
+        stored = await _create_in_sectra(state, app, invocation, frame)
     except BaseException as exc:
         # Never leave a run without a pending result: a retry starts afresh.
         await anyio.to_thread.run_sync(_discard_sync, state, run_id, lease)
@@ -229,17 +229,19 @@ async def _create_in_sectra(
     state: ServiceState,
     app: AppConfig,
     invocation: CreateInvocation | NewImageFilesInvocation,
-    pending: Result,
+    frame: Frame | None,
 ) -> ResultResponse:
     """The pending result's POST on the loop; through `SectraAdapter` (retries, token renewal) when
     it certainly stored nothing: the adapter may still succeed, or names what went wrong."""
     callback = invocation.callbackInfo
     base_url = normalise_base_url(callback.url, state.settings.allow_http)
+    body = pending_result_json(invocation.slideId, app.version, frame=frame)
     try:
         return await state.loop.sectra.create_results(
-            base_url, callback.token, pending, path=results_path(app.id)
+            base_url, callback.token, body, path=results_path(app.id)
         )
     except NotSent:
+        pending = pending_result(invocation.slideId, app.version, frame=frame)
         return await anyio.to_thread.run_sync(_create_with_adapter, state, app, invocation, pending)
 
 
