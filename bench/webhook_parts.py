@@ -85,9 +85,10 @@ async def _cpu_per_call(call: Callable[[], Awaitable[Any]], count: int) -> float
 async def _measure(args: argparse.Namespace, sectra_url: str) -> list[tuple[str, float]]:
     import webhook as bench_webhook
 
-    from sectra_adapter import pending_result, results_path
+    from sectra_adapter import pending_result_json, results_path
     from service.app import create_app
     from service.parsing import parse_invocation
+    from workers.runstore import ModelJson
 
     app = create_app()
     bare = bench_webhook.bare_app()
@@ -109,15 +110,14 @@ async def _measure(args: argparse.Namespace, sectra_url: str) -> list[tuple[str,
             )  # fmt: skip
             claims.append((run_id, step.token or ""))
 
-        pending = pending_result("parts-slide", "1", frame=None)
-
-        async def post() -> Any:
+        async def post() -> Any:  # as `service.webhook._create_in_sectra` makes it
+            pending = pending_result_json("parts-slide", "1")
             return await sectra.create_results(
                 sectra_url, "bench-sectra-token", pending, path=results_path("strand-default")
             )
 
         stored = await post()
-        answer = stored.model_dump(mode="json")
+        answer = ModelJson(stored.model_dump_json())
         held = iter(claims)
 
         async def record() -> None:

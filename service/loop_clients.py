@@ -130,7 +130,7 @@ class DefaultEnqueue:
         await self._direct()(run_id)
 
     def queue_with(self, pipe: CommandBatch, store_client: redis.Redis, run_id: str) -> bool:
-        """`DirectEnqueue.queue_with`: the first step in the run store's own MULTI, where it can be."""
+        """`DirectEnqueue.queue_with`: the first step in the run store's own write, where it can be."""
         return self._direct().queue_with(pipe, store_client, run_id)
 
     async def close(self) -> None:

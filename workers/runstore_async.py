@@ -4,7 +4,9 @@ A `create` creates and claims its run, then records the pending result Sectra st
 Through the blocking `RunStore` each of those is a worker-thread hop, which under load
 costs more than the Redis work itself. `AsyncRunStore` sends the very same scripts
 with the same keys and arguments (`RunStore.*_call` builds them, so the two cannot
-drift) over a `RedisLane` (`workers.redis_lane`). Everything else stays on `RunStore`.
+drift) over a `RedisLane` (`workers.redis_lane`); the pending result's record with the
+run's first step goes as `WRITE_THEN_SCRIPT`, which runs `WRITE_SCRIPT`'s own function and
+then the step's commands, in one EVALSHA. Everything else stays on `RunStore`.
 """
 
 from __future__ import annotations

@@ -51,8 +51,8 @@ class StepScheduler:
     def queue_new_token(
         self, pipe: redis.client.Pipeline | CommandBatch, run_id: str, delay: float = 0.0
     ) -> str:
-        """`new_token`'s writes, queued on the caller's MULTI, so a message queued after them in the
-        same transaction can never be seen by a worker before its token is current."""
+        """`new_token`'s writes, queued on the caller's MULTI or batch, so a message queued after them
+        in the same atomic write can never be seen by a worker before its token is current."""
         token = random_token()
         key = self._key(run_id)
         pipe.hset(key, mapping={"token": token, "due_at": repr(time.time() + max(0.0, delay))})

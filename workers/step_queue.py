@@ -4,8 +4,9 @@
 merging, kombu's producer, and kombu's Redis channel building a new client for every publish, all
 after a separate round trip for the step's scheduler token. The webhook sends one message per
 create, always the same task with no countdown, so this writes the very bytes kombu's Redis
-transport would write and queues them in the same MULTI as the token (`StepScheduler.
-queue_new_token`): a worker can never see the message before its token is current.
+transport would write and queues them in the same atomic write as the token (a MULTI, or the
+webhook's record script: `StepScheduler.queue_new_token`): a worker can never see the message
+before its token is current.
 
 The message is Celery's message protocol version 2 (Celery docs, "Message Protocol": headers
 `lang`, `task`, `id`, `root_id`, ..., body `[args, kwargs, embed]`) inside kombu's virtual
@@ -122,7 +123,8 @@ def queue_first_step(
     message: StepMessage,
     run_id: str,
 ) -> str:
-    """A fresh step token and its message, queued on the caller's MULTI (the token first); returns it."""
+    """A fresh step token and its message, queued on the caller's MULTI or batch (the token first);
+    returns it."""
     token = scheduler.queue_new_token(pipe, run_id)
     pipe.lpush(queue_key(message.queue, message.priority), message.encode((run_id, token)))
     return token
