@@ -94,6 +94,8 @@ class RecordingSectra(MockSectraServer):
         super().__init__(token=SECTRA_TOKEN)
         self.requests: list[tuple[str, str]] = []
         self.fail_creates = False
+        # Called as a result POST arrives, before it is stored (a test's way to act mid-create).
+        self.on_result_post: Callable[[], None] | None = None
 
     def create_app(self) -> FastAPI:
         app = super().create_app()
@@ -101,8 +103,11 @@ class RecordingSectra(MockSectraServer):
         @app.middleware("http")
         async def record(request: Request, call_next: Callable[[Request], Any]) -> Response:
             self.requests.append((request.method, request.url.path))
-            if self.fail_creates and request.method == "POST" and request.url.path.endswith("/results"):
+            result_post = request.method == "POST" and request.url.path.endswith("/results")
+            if self.fail_creates and result_post:
                 return JSONResponse({"detail": "database unavailable"}, status_code=503)
+            if self.on_result_post is not None and result_post:
+                self.on_result_post()
             response: Response = await call_next(request)
             return response
 

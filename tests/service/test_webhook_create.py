@@ -43,6 +43,22 @@ def test_create_stores_pending_result_records_and_enqueues(bridge: Bridge) -> No
     assert SECTRA_TOKEN not in repr(events)
 
 
+def test_a_run_deleted_while_its_result_is_stored_is_answered_but_not_started(bridge: Bridge) -> None:
+    """An operator's (or a `delete` invocation's) delete lands between the POST to Sectra and the
+    record: Sectra's result is the answer, and nothing is recorded or queued for the gone run."""
+    body = bridge.invocation(cancellationToken="ct-deleted-meanwhile")
+    run_id = run_id_for("strand-default", "slide-42", "ct-deleted-meanwhile")
+    bridge.sectra.on_result_post = lambda: bridge.store.delete(run_id)
+
+    response = bridge.post(body)
+
+    assert response.status_code == 200, response.text
+    stored = bridge.sectra.get_results("strand-default", "slide-42")
+    assert [r.id for r in stored] == [response.json()["id"]]
+    assert bridge.store.get(run_id) is None  # not brought back by the record write
+    assert bridge.enqueued == []
+
+
 def test_repeated_create_is_the_same_run_and_the_same_answer(bridge: Bridge) -> None:
     body = bridge.invocation()
     first = bridge.post(body)
