@@ -81,6 +81,12 @@ class VersionCache:
         self._failed_at: dict[str, float] = {}
         self._key_locks: dict[str, threading.Lock] = {}
 
+    def clear(self) -> None:
+        """Forget every server's versions (tests start servers on ports earlier ones used)."""
+        with self._guard:
+            self._entries.clear()
+            self._failed_at.clear()
+
     def fresh(self, key: str) -> ApplicationInfo | None:
         """The cached value if still within its TTL; never fetches."""
         with self._guard:

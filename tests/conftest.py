@@ -33,3 +33,12 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 def key_prefix() -> str:
     """A unique key namespace per test so parallel or repeated runs never collide."""
     return f"test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_sectra_versions() -> None:
+    """Each test learns its Sectra's versions afresh: the cache is keyed by URL, and a test's mock may
+    listen on a port an earlier test's mock (with other versions) used."""
+    from sectra_adapter import VERSION_CACHE
+
+    VERSION_CACHE.clear()
