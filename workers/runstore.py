@@ -215,11 +215,6 @@ def _compact(value: Any) -> str:
     return "".join(_COMPACT_C(value, 0))
 
 
-def _json_scalar(value: Any) -> str:
-    """`json.dumps(value)` of a string or a finite float (an id, a time), spelled the same."""
-    return str(encode_basestring_ascii(value)) if type(value) is str else float.__repr__(value)
-
-
 class ModelJson(str):
     """A field's value as the JSON text of a model pydantic validated (`model_dump_json()`), written as
     it is: the webhook's pending result, which Sectra's answer was parsed into once already, is not
@@ -863,7 +858,7 @@ class RunStore:
             "updated_at": now,
             "status": RunStatus.received.value,
         }
-        encoded = [part for name, value in fields.items() for part in (name, _json_scalar(value))]
+        encoded = [part for name, value in fields.items() for part in (name, _compact(value))]
         token = random_token()
         keys = [
             self._record_key(run_id),
