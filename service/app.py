@@ -87,6 +87,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         anyio.to_thread.current_default_thread_limiter().total_tokens = BLOCKING_THREADS
+        # On the serving loop, before the first request can pay for it.
+        state.loop.prepare()
         # What is imported and built by now lives as long as the process. Frozen out of the garbage
         # collector's reach, it is not walked by a full collection, which any allocation-heavy
         # request can trigger and which holds the GIL, so the event loop (~80 ms when it walked it).

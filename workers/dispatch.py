@@ -59,14 +59,19 @@ class DirectEnqueue:
             self._lane = RedisLane.like(runtime.redis_client())
         await put_first_step_async(self._lane, runtime.scheduler(), message, run_id)
 
-    def queue_with(self, pipe: CommandBatch, store_client: redis.Redis, run_id: str) -> bool:
-        """Queue the run's first step on the caller's batch (the run store's write), when the queue is
-        in the store's own database; False (nothing queued) otherwise: then await the enqueue itself."""
+    def prepare(self, store_client: redis.Redis) -> None:
+        """Read the plan for `store_client` now (Celery's configuration, the scheduler): the first
+        `queue_with` would otherwise read it on the event loop, in the middle of a create."""
         if self._planned_for is not store_client:
             message = _direct_message()
             shared = message is not None and same_database(store_client, runtime.redis_client())
             self._plan = (message, runtime.scheduler()) if message is not None and shared else None
             self._planned_for = store_client
+
+    def queue_with(self, pipe: CommandBatch, store_client: redis.Redis, run_id: str) -> bool:
+        """Queue the run's first step on the caller's batch (the run store's write), when the queue is
+        in the store's own database; False (nothing queued) otherwise: then await the enqueue itself."""
+        self.prepare(store_client)
         if self._plan is None:
             return False
         message, scheduler = self._plan

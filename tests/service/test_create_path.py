@@ -23,7 +23,7 @@ from sectra_adapter._http1 import Http1Pool, _Connection
 from service.app import create_app
 from service.webhook import PENDING_LEASE
 from tests.service.conftest import SECTRA_TOKEN, BridgeFactory, RecordingSectra, ServerThread, bridge_apps
-from workers import runtime
+from workers import dispatch, runtime
 from workers.celery_app import QUEUE, celery_app
 from workers.priority import NORMAL, queue_key
 from workers.redis_lane import RedisLane, _LaneProtocol
@@ -165,8 +165,9 @@ def test_a_lease_left_by_a_deleted_run_keeps_a_new_copy_busy(
 def test_creates_build_no_client_per_request(
     make_bridge: BridgeFactory, sectra: RecordingSectra, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The first create makes the loop's clients and connections; the next ones reuse them (no httpx
-    client, no Redis lane or Sectra pool, not even a new connection to either, per request)."""
+    """The first create opens the loop's connections (its clients are made at startup); the next ones
+    reuse them (no httpx client, no Redis lane or Sectra pool, not even a new connection to either,
+    per request)."""
     bridge = make_bridge()
     assert bridge.post(bridge.invocation()).status_code == 200
     built: list[str] = []
@@ -274,20 +275,60 @@ def _commands_on(
             (scripts_ran if command.get("client_type") == "lua" else into).append(name)
 
 
-def test_the_default_create_records_and_queues_in_one_script(
-    sectra: RecordingSectra, queue_env: redis.Redis, tmp_path: Path
-) -> None:
-    """With the queue in the store's database (as deployed), a create is two Redis commands: the
-    create-and-claim script, then one script that writes the pending result and queues the first step."""
-    url = queue_env.connection_pool.connection_kwargs
-    redis_url = f"redis://{url['host']}:{url['port']}/{url['db']}"
-    settings = Settings(
+def _url_of(client: redis.Redis) -> str:
+    where = client.connection_pool.connection_kwargs
+    return f"redis://{where['host']}:{where['port']}/{where['db']}"
+
+
+def _deployed_settings(sectra: RecordingSectra, redis_url: str, tmp_path: Path) -> Settings:
+    """Settings for `create_app(settings, apps)` as deployed: its own store, the default enqueue."""
+    return Settings(
         SECTRA_ALLOWED_CALLBACK_URLS=sectra.url,
         SECTRA_ALLOW_HTTP=True,
         BRIDGE_WORK_DIR=tmp_path / "work",
         REDIS_URL=redis_url,
     )
-    app = create_app(settings, bridge_apps())  # the deployed wiring: its own store, the default enqueue
+
+
+def test_the_first_create_finds_its_clients_and_queue_plan_made_at_startup(
+    sectra: RecordingSectra, queue_env: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`LoopClients.prepare` in the app's startup: a process's first create builds no SSL context and
+    reads no Celery configuration, which held its event loop ~25 ms (every other request waited)."""
+    made: list[str] = []
+    real_context, real_message = httpx.create_ssl_context, dispatch._direct_message
+
+    def context(*args: Any, **kwargs: Any) -> Any:
+        made.append("ssl context")
+        return real_context(*args, **kwargs)
+
+    def message() -> Any:
+        made.append("queue plan")
+        return real_message()
+
+    monkeypatch.setattr(httpx, "create_ssl_context", context)
+    monkeypatch.setattr(dispatch, "_direct_message", message)
+    app = create_app(_deployed_settings(sectra, _url_of(queue_env), tmp_path), bridge_apps())
+    assert made == []
+    with ServerThread(app) as server:
+        assert made == ["ssl context", "queue plan"]
+        made.clear()
+        body = _create_body(sectra, "ct-first-create")
+        answer = httpx.post(f"{server.url}/sectra/strand-default", json=body, timeout=30)
+    assert answer.status_code == 200
+    assert made == []
+    # ... and that create went the way the plan says: recorded and queued in the store's own write.
+    assert sectra.result_posts() == 1
+    assert queue_env.llen(queue_key(QUEUE, NORMAL)) == 1
+
+
+def test_the_default_create_records_and_queues_in_one_script(
+    sectra: RecordingSectra, queue_env: redis.Redis, tmp_path: Path
+) -> None:
+    """With the queue in the store's database (as deployed), a create is two Redis commands: the
+    create-and-claim script, then one script that writes the pending result and queues the first step."""
+    redis_url = _url_of(queue_env)
+    app = create_app(_deployed_settings(sectra, redis_url, tmp_path), bridge_apps())
     seen: list[str] = []
     scripts_ran: list[str] = []
     ready = threading.Event()
