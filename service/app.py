@@ -22,11 +22,12 @@ from sectra_adapter import SharedTransport
 from service import health, routes_admin, routes_sectra, ui
 from service.auth import require_admin_token
 from service.errors import install_error_handlers
-from service.loop_clients import DefaultEnqueue, LoopClients
+from service.loop_clients import LoopClients
 from service.openapi import build_openapi
 from service.sectra_link import DEFAULT_HEADERS, WEBHOOK_SECTRA_TIMEOUT
 from service.state import ServiceState, sectra_client_pool
 from workers.apps import AppConfig, load_apps
+from workers.dispatch import DirectEnqueue, enqueue_run_direct
 from workers.metering import CountingTransport
 from workers.runstore import RunStore
 from workers.settings import Settings, get_settings
@@ -37,13 +38,6 @@ _SECTRA_POOL = httpx.Limits(max_connections=64, max_keepalive_connections=64, ke
 # Threads for blocking work (Redis, Sectra, the queue). Each request holds one for a few ms;
 # more threads than this only fight over the GIL and raise latency under load.
 BLOCKING_THREADS = 16
-
-
-def _enqueue_with_celery(run_id: str) -> None:
-    # Imported on first use: importing Celery costs the web process nothing until a run starts.
-    from workers.dispatch import enqueue_run_direct
-
-    enqueue_run_direct(run_id)
 
 
 def _sectra_headers_for(request: Request) -> Mapping[str, str]:
@@ -73,14 +67,14 @@ def create_app(
         settings=settings,
         apps=apps if apps is not None else load_apps(settings.apps_file),
         store=store,
-        enqueue=enqueue or _enqueue_with_celery,
+        enqueue=enqueue or enqueue_run_direct,
         # Counted like the workers' calls: `bridge_external_calls_total{service="sectra"}` by status code.
         sectra_transport=SharedTransport(CountingTransport("sectra", owned_transport)),
         # Per-invocation calls: a pooled client per Sectra server.
         sectra_clients=sectra_client_pool(),
         # A custom `enqueue` (tests, the demo) is called in a worker thread; the default is awaited.
         loop=LoopClients(
-            store, WEBHOOK_SECTRA_TIMEOUT, enqueue=DefaultEnqueue() if enqueue is None else None
+            store, WEBHOOK_SECTRA_TIMEOUT, enqueue=DirectEnqueue() if enqueue is None else None
         ),
     )
 

@@ -3,8 +3,9 @@
 A `create` is two Redis round trips and one Sectra POST. Made from worker threads they
 cost a thread hop each and httpx's machinery, several times the bare endpoint's own
 CPU; made here, on the serving process's loop, they cost little more than the bytes
-(`bench/webhook.py` measures both). The clients are made on first use, on the loop
-that uses them (each `serve --workers` process has its own), and closed at shutdown.
+(`bench/webhook.py` measures both). The clients are made at startup (`LoopClients.prepare`,
+from the app's lifespan), on the loop that uses them (each `serve --workers` process has its
+own), and closed at shutdown.
 Everything off the create path keeps the blocking clients in `ServiceState`.
 """
 
@@ -13,20 +14,17 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
-import redis
 from prometheus_client import Counter
 
 from sectra_adapter import AsyncResultPoster
+from workers.dispatch import DirectEnqueue
 from workers.observability import EXTERNAL_CALLS
-from workers.redis_lane import CommandBatch, RedisLane
+from workers.redis_lane import RedisLane
 from workers.runstore import RunStore
 from workers.runstore_async import AsyncRunStore
-
-if TYPE_CHECKING:
-    from workers.dispatch import DirectEnqueue
 
 # Per Sectra server, as for the blocking pool (`state.SECTRA_SERVER_LIMITS`): every connection kept
 # open, since reconnecting under load costs more than an idle socket.
@@ -51,7 +49,7 @@ class LoopClients:
 
     store: RunStore
     sectra_timeout: float
-    enqueue: DefaultEnqueue | None = None
+    enqueue: DirectEnqueue | None = None
     _store: AsyncRunStore | None = field(default=None, init=False)
     _sectra: AsyncResultPoster | None = field(default=None, init=False)
 
@@ -118,36 +116,3 @@ class LoopClients:
             self._sectra = None
         if self.enqueue is not None:
             await self.enqueue.close()
-
-
-class DefaultEnqueue:
-    """The default enqueue (`workers.dispatch.enqueue_run_direct`) awaited on the loop.
-
-    Celery is imported on the first run, as for the blocking enqueue: a web process that
-    never starts a run never pays for it.
-    """
-
-    def __init__(self) -> None:
-        self._inner: DirectEnqueue | None = None
-
-    def _direct(self) -> DirectEnqueue:
-        if self._inner is None:
-            from workers.dispatch import DirectEnqueue
-
-            self._inner = DirectEnqueue()
-        return self._inner
-
-    async def __call__(self, run_id: str) -> None:
-        await self._direct()(run_id)
-
-    def prepare(self, store_client: redis.Redis) -> None:
-        """`DirectEnqueue.prepare`: Celery imported and the queue's plan read before the first run."""
-        self._direct().prepare(store_client)
-
-    def queue_with(self, pipe: CommandBatch, store_client: redis.Redis, run_id: str) -> bool:
-        """`DirectEnqueue.queue_with`: the first step in the run store's own write, where it can be."""
-        return self._direct().queue_with(pipe, store_client, run_id)
-
-    async def close(self) -> None:
-        if self._inner is not None:
-            await self._inner.close()

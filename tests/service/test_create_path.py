@@ -206,9 +206,7 @@ def queue_env(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[redis
 def test_ten_concurrent_duplicates_queue_one_step_with_a_current_token(
     make_bridge: BridgeFactory, sectra: RecordingSectra, queue_env: redis.Redis
 ) -> None:
-    from service.app import _enqueue_with_celery  # what `create_app` uses when given no enqueue
-
-    bridge = make_bridge(enqueue=_enqueue_with_celery)
+    bridge = make_bridge(enqueue=dispatch.enqueue_run_direct)  # `create_app`'s own, given none
     body = bridge.invocation(cancellationToken="ct-duplicates")
     with ThreadPoolExecutor(max_workers=10) as pool:
         answers = list(pool.map(lambda _: bridge.post(body), range(10)))
