@@ -138,8 +138,12 @@ class _Floor:
         where, sectra = urlsplit(redis_url), urlsplit(sectra_url)
         self.redis = (where.hostname or "127.0.0.1", where.port or 6379)
         self.sectra = (sectra.hostname or "127.0.0.1", sectra.port or 80)
-        self.redis_idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-        self.sectra_idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        # Per server, (last used, reader, writer): the mock drops keep-alive connections idle for 5 s
+        # (while the other servers are measured), so older ones are closed rather than reused.
+        self.idle: dict[tuple[str, int], list[tuple[float, asyncio.StreamReader, asyncio.StreamWriter]]] = {
+            self.redis: [],
+            self.sectra: [],
+        }
         body = pending_result_json("floor-slide", "1")  # what the bridge POSTs for a whole slide
         self.post = (
             f"POST /applications/{APP_ID}/results HTTP/1.1\r\nHost: {sectra.netloc}\r\n"
@@ -148,23 +152,28 @@ class _Floor:
         ).encode() + body
         self.eval = b"*3\r\n$4\r\nEVAL\r\n$8\r\nreturn 1\r\n$1\r\n0\r\n"
 
+    async def _connection(self, where: tuple[str, int]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        idle = self.idle[where]
+        while idle:
+            used, reader, writer = idle.pop()
+            if time.perf_counter() - used < 2.0:
+                return reader, writer
+            writer.close()
+        return await asyncio.open_connection(*where)
+
     async def redis_trip(self) -> None:
-        reader, writer = (
-            self.redis_idle.pop() if self.redis_idle else await asyncio.open_connection(*self.redis)
-        )
+        reader, writer = await self._connection(self.redis)
         writer.write(self.eval)
         await reader.readuntil(b"\r\n")
-        self.redis_idle.append((reader, writer))
+        self.idle[self.redis].append((time.perf_counter(), reader, writer))
 
     async def sectra_trip(self) -> bytes:
-        reader, writer = (
-            self.sectra_idle.pop() if self.sectra_idle else await asyncio.open_connection(*self.sectra)
-        )
+        reader, writer = await self._connection(self.sectra)
         writer.write(self.post)
         head = await reader.readuntil(b"\r\n\r\n")
         length = _CONTENT_LENGTH.search(head)
         answer = await reader.readexactly(int(length.group(1)) if length else 0)
-        self.sectra_idle.append((reader, writer))
+        self.idle[self.sectra].append((time.perf_counter(), reader, writer))
         return answer
 
 
