@@ -120,6 +120,40 @@ def bare_app() -> FastAPI:
     return app
 
 
+class _KeptConnections:
+    """Connections to one server kept open between exchanges, one per exchange in flight.
+
+    The servers here drop keep-alive connections idle for 5 s (uvicorn's default), so one idle for
+    2 s is closed rather than reused into a reset.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self._idle: list[tuple[float, asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def get(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        while self._idle:
+            used, reader, writer = self._idle.pop()
+            if time.perf_counter() - used < 2.0:
+                return reader, writer
+            writer.close()
+        return await asyncio.open_connection(self.host, self.port)
+
+    def put(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._idle.append((time.perf_counter(), reader, writer))
+
+    def close(self) -> None:
+        for _, _, writer in self._idle:
+            writer.close()
+
+
+async def _http_answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One HTTP/1.1 answer's head and body (the servers here always send Content-Length)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = _CONTENT_LENGTH.search(head)
+    return head, await reader.readexactly(int(length.group(1)) if length else 0)
+
+
 class _Floor:
     """The create's three round trips and nothing else: the cost no create can go below on this machine.
 
@@ -137,14 +171,8 @@ class _Floor:
         from sectra_adapter import pending_result_json
 
         where, sectra = urlsplit(redis_url), urlsplit(sectra_url)
-        self.redis = (where.hostname or "127.0.0.1", where.port or 6379)
-        self.sectra = (sectra.hostname or "127.0.0.1", sectra.port or 80)
-        # Per server, (last used, reader, writer): the mock drops keep-alive connections idle for 5 s
-        # (while the other servers are measured), so older ones are closed rather than reused.
-        self.idle: dict[tuple[str, int], list[tuple[float, asyncio.StreamReader, asyncio.StreamWriter]]] = {
-            self.redis: [],
-            self.sectra: [],
-        }
+        self.redis = _KeptConnections(where.hostname or "127.0.0.1", where.port or 6379)
+        self.sectra = _KeptConnections(sectra.hostname or "127.0.0.1", sectra.port or 80)
         body = pending_result_json("floor-slide", "1")  # what the bridge POSTs for a whole slide
         self.post = (
             f"POST /applications/{APP_ID}/results HTTP/1.1\r\nHost: {sectra.netloc}\r\n"
@@ -153,28 +181,17 @@ class _Floor:
         ).encode() + body
         self.eval = b"*3\r\n$4\r\nEVAL\r\n$8\r\nreturn 1\r\n$1\r\n0\r\n"
 
-    async def _connection(self, where: tuple[str, int]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        idle = self.idle[where]
-        while idle:
-            used, reader, writer = idle.pop()
-            if time.perf_counter() - used < 2.0:
-                return reader, writer
-            writer.close()
-        return await asyncio.open_connection(*where)
-
     async def redis_trip(self) -> None:
-        reader, writer = await self._connection(self.redis)
+        reader, writer = await self.redis.get()
         writer.write(self.eval)
         await reader.readuntil(b"\r\n")
-        self.idle[self.redis].append((time.perf_counter(), reader, writer))
+        self.redis.put(reader, writer)
 
     async def sectra_trip(self) -> bytes:
-        reader, writer = await self._connection(self.sectra)
+        reader, writer = await self.sectra.get()
         writer.write(self.post)
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = _CONTENT_LENGTH.search(head)
-        answer = await reader.readexactly(int(length.group(1)) if length else 0)
-        self.idle[self.sectra].append((time.perf_counter(), reader, writer))
+        _, answer = await _http_answer(reader)
+        self.sectra.put(reader, writer)
         return answer
 
 
@@ -263,27 +280,15 @@ def _payload(host: str, sectra_url: str) -> bytes:
 async def _load(port: int, sectra_url: str, rate: float, duration: float, warmup: float) -> dict[str, Any]:
     total = int((warmup + duration) * rate)
     payloads = [_payload(f"127.0.0.1:{port}", sectra_url) for _ in range(total)]
-    # (last used, reader, writer); the server drops keep-alive connections idle for 5 s, so older
-    # ones are closed here rather than reused into a reset.
-    idle: list[tuple[float, asyncio.StreamReader, asyncio.StreamWriter]] = []
+    connections = _KeptConnections("127.0.0.1", port)
     latencies: list[float] = []
     errors: dict[str, int] = {}
 
-    async def connection() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        while idle:
-            used, reader, writer = idle.pop()
-            if time.perf_counter() - used < 2.0:
-                return reader, writer
-            writer.close()
-        return await asyncio.open_connection("127.0.0.1", port)
-
     async def exchange(payload: bytes) -> str:
-        reader, writer = await connection()
+        reader, writer = await connections.get()
         writer.write(payload)
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = _CONTENT_LENGTH.search(head)
-        await reader.readexactly(int(length.group(1)) if length else 0)
-        idle.append((time.perf_counter(), reader, writer))
+        head, _ = await _http_answer(reader)
+        connections.put(reader, writer)
         return head[9:12].decode()
 
     async def one(i: int, scheduled: float) -> None:
@@ -302,8 +307,7 @@ async def _load(port: int, sectra_url: str, rate: float, duration: float, warmup
     cpu_before = time.process_time()
     start = time.perf_counter() + 0.2
     await asyncio.gather(*(one(i, start + i / rate) for i in range(total)))
-    for _, _, writer in idle:
-        writer.close()
+    connections.close()
     latencies.sort()
 
     def pct(p: float) -> float:
