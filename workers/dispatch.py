@@ -45,8 +45,9 @@ class DirectEnqueue:
     def __init__(self) -> None:
         self._lane: RedisLane | None = None
         # What `prepare` found for the store client it was given (at the app's startup, or else on the
-        # first `queue_with`): the step message and the scheduler, or None when the queue is not in that client's database (Celery's
-        # configuration costs microseconds per read and does not change under a running web process).
+        # first `queue_with`): the step message and the scheduler, or None when the queue is not in
+        # that client's database (Celery's configuration costs microseconds per read and does not
+        # change under a running web process).
         self._planned_for: redis.Redis | None = None
         self._plan: tuple[StepMessage, StepScheduler] | None = None
 
