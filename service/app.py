@@ -73,9 +73,7 @@ def create_app(
         # Per-invocation calls: a pooled client per Sectra server.
         sectra_clients=sectra_client_pool(),
         # A custom `enqueue` (tests, the demo) is called in a worker thread; the default is awaited.
-        loop=LoopClients(
-            store, WEBHOOK_SECTRA_TIMEOUT, enqueue=DirectEnqueue() if enqueue is None else None
-        ),
+        loop=LoopClients(store, WEBHOOK_SECTRA_TIMEOUT, enqueue=DirectEnqueue() if enqueue is None else None),
     )
 
     @asynccontextmanager
