@@ -19,10 +19,12 @@ runs on the event loop (`service.loop_clients`).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import anyio
@@ -103,10 +105,9 @@ async def start_run(
                 return _ANSWER.encode(claim.value)
             if claim.outcome == "claimed":
                 assert claim.token is not None
-                # Shielded: once the lease is ours, the result is stored and recorded (or the run
-                # discarded) even if Sectra hangs up on us meanwhile, as a worker thread would.
-                with anyio.CancelScope(shield=True):
-                    return await _store_pending(state, app, invocation, run_id, source, claim.token)
+                return await _finished_even_if_cancelled(
+                    _store_pending(state, app, invocation, run_id, source, claim.token)
+                )
             if claim.outcome == "gone":
                 raise unavailable(
                     "sectra_unavailable",
@@ -125,6 +126,27 @@ async def start_run(
             claim = await runs.claim_step(
                 run_id, PENDING_LEASE, ttl_seconds=PENDING_LEASE_SECONDS, done_field="pending_result"
             )
+
+
+# The creates whose pending result is being stored, each in a task of its own (kept here: the loop
+# holds its tasks only weakly).
+_STORING: set[asyncio.Task[Any]] = set()
+
+
+async def _finished_even_if_cancelled(work: Coroutine[Any, Any, str]) -> str:
+    """`await work`, run to its end even if this request is cancelled meanwhile.
+
+    Once the lease is ours, the result is stored and recorded (or the run discarded) whatever
+    happens to the request, as a worker thread would: a create cut off between Sectra's POST and
+    the record would leave a result in Sectra that no run updates. So the work is a task of its
+    own behind `asyncio.shield`; a cancelled request stops waiting for it, and only that.
+    (`anyio.CancelScope(shield=True)` would not do: it stops anyio's own cancellation but not a
+    plain `Task.cancel()`, which is how asyncio servers and clients cancel a request.)
+    """
+    task = asyncio.get_running_loop().create_task(work)
+    _STORING.add(task)
+    task.add_done_callback(_STORING.discard)
+    return await asyncio.shield(task)
 
 
 def check_input(app: AppConfig, invocation: CreateInvocation | NewImageFilesInvocation) -> None:

@@ -7,6 +7,7 @@ those of `create_or_get` + `claim_step` (tests/workers/test_runstore.py), now in
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import threading
@@ -20,6 +21,7 @@ import pytest
 import redis
 
 from sectra_adapter._http1 import Http1Pool, _Connection
+from service import webhook
 from service.app import create_app
 from service.webhook import PENDING_LEASE
 from tests.service.conftest import SECTRA_TOKEN, BridgeFactory, RecordingSectra, ServerThread, bridge_apps
@@ -354,3 +356,53 @@ def test_the_default_create_records_and_queues_in_one_script(
     assert [args[0] for args in mine].count(run_id) == 1
     token = next(args[1] for args in mine if args[0] == run_id)
     assert runtime.scheduler().is_current(run_id, token)
+
+
+def test_a_create_cancelled_during_its_sectra_post_still_records_and_queues_its_run(
+    sectra: RecordingSectra, redis_client: redis.Redis, key_prefix: str, tmp_path: Path
+) -> None:
+    """A request cancelled natively (`Task.cancel()`, as asyncio servers and clients cancel one) while
+    its pending result is on the way to Sectra: the result is stored, and the run records it and is
+    queued, instead of the run being discarded under a result Sectra keeps."""
+    settings = Settings(
+        SECTRA_ALLOWED_CALLBACK_URLS=sectra.url, SECTRA_ALLOW_HTTP=True, BRIDGE_WORK_DIR=tmp_path / "work"
+    )
+    queued: list[str] = []
+    store = RunStore(redis_client, prefix=key_prefix)
+    app = create_app(settings, bridge_apps(), store=store, enqueue=queued.append)
+    post_arrived = threading.Event()
+    request_cancelled = threading.Event()
+
+    def hold_the_post() -> None:  # in Sectra's server thread, before the result is stored
+        post_arrived.set()
+        assert request_cancelled.wait(30)
+
+    sectra.on_result_post = hold_the_post
+
+    async def scenario() -> None:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://bridge") as client:
+                body = _create_body(sectra, "ct-cancelled")
+                request = asyncio.ensure_future(client.post("/sectra/strand-default", json=body, timeout=30))
+                assert await asyncio.to_thread(post_arrived.wait, 30)
+                request.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await request
+                request_cancelled.set()
+                # What the cancelled request left running: the create's own work, to its end.
+                assert webhook._STORING
+                await asyncio.wait(set(webhook._STORING), timeout=30)
+
+    try:
+        asyncio.run(scenario())
+        run_id = store.find("strand-default", "slide-42", "ct-cancelled")
+        assert run_id is not None
+        record = store.require(run_id)
+        stored = sectra.get_results("strand-default", "slide-42")
+        assert len(stored) == 1 and record.sectra_result_id == stored[0].id
+        assert record.pending_result is not None and record.pending_result["id"] == stored[0].id
+        assert queued == [run_id]
+    finally:
+        for key in redis_client.scan_iter(f"{key_prefix}:*"):
+            redis_client.delete(key)
