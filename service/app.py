@@ -101,7 +101,7 @@ def create_app(
     )
     app.state.bridge = state
     install_error_handlers(app, _sectra_headers_for)
-    app.include_router(routes_sectra.router)
+    routes_sectra.add_routes(app)
     app.include_router(routes_admin.router)
     app.include_router(health.router)
     app.include_router(ui.router)

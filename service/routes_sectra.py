@@ -11,7 +11,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import anyio
-from fastapi import APIRouter, Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from sectra_client.schemas import (
@@ -35,7 +35,6 @@ from workers.observability import run_context
 from workers.quality import is_rejected
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/sectra")
 
 
 class _PlainRoute(APIRoute):
@@ -147,10 +146,18 @@ async def image_notification(app_id: str, request: Request) -> JSONResponse:
     return JSONResponse({}, headers=headers)
 
 
-# The invocation routes first: a route matches in order, and these are what Sectra calls most.
-router.add_api_route("/{app_id}", invoke, methods=["POST"], route_class_override=_PlainRoute)
-router.add_api_route(
-    "/{app_id}/imagenotification", image_notification, methods=["POST"], route_class_override=_PlainRoute
-)
-router.add_api_route("/{app_id}", registration, methods=["GET"])
-router.add_api_route("/{app_id}/info", info, methods=["GET"])
+def add_routes(app: FastAPI) -> None:
+    """The routes Sectra calls, on `app` itself and ahead of any other route (routes match in order,
+    and the invocation routes are what Sectra calls most). Not an included router: FastAPI (0.165)
+    dispatches each request to one through a live wrapper of that router (`_IncludedRouter`), which
+    cost ~12 µs a request here, against ~70 µs for the bare endpoint's whole ASGI call."""
+    add = app.router.add_api_route
+    add("/sectra/{app_id}", invoke, methods=["POST"], route_class_override=_PlainRoute)
+    add(
+        "/sectra/{app_id}/imagenotification",
+        image_notification,
+        methods=["POST"],
+        route_class_override=_PlainRoute,
+    )
+    add("/sectra/{app_id}", registration, methods=["GET"])
+    add("/sectra/{app_id}/info", info, methods=["GET"])

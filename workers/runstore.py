@@ -21,6 +21,7 @@ script, and there is no second key that could drift out of step with it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -37,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from typing_extensions import TypedDict, Unpack  # pydantic needs this TypedDict on Python < 3.12
 
 from workers.ids import RUN_ID_RULE, is_run_id, random_token
-from workers.observability import redact_value
+from workers.observability import redact, redact_value
 from workers.states import FINAL_STATES, IllegalTransition, RunStatus, check_transition
 
 __all__ = [
@@ -185,6 +186,15 @@ _PLAIN_TYPES = {
 _OBJECT_FIELDS = frozenset(
     name for name, field in RunRecord.model_fields.items() if field.annotation == dict[str, Any] | None
 )
+# The fields that take None (stored as JSON `null`, whatever else they take), and every field's name
+# (`RunRecord.model_fields` is a property that builds its answer on each read).
+_NULLABLE_FIELDS = frozenset(
+    name
+    for name, field in RunRecord.model_fields.items()
+    if isinstance(field.annotation, types.UnionType) and type(None) in typing.get_args(field.annotation)
+)
+_FIELD_NAMES = frozenset(RunRecord.model_fields)
+_RECEIVED_JSON = json.dumps(RunStatus.received.value)
 
 
 def run_id_for(app_id: str, slide_id: str, cancellation_token: str) -> str:
@@ -232,6 +242,9 @@ def _encode(fields: Mapping[str, Any]) -> list[str]:
         if kind in _PLAIN_TYPES[name]:
             flat += [name, _compact(value)]
             continue
+        if value is None and name in _NULLABLE_FIELDS:
+            flat += [name, "null"]
+            continue
         if kind is ModelJson:
             if name not in _OBJECT_FIELDS:
                 raise ValueError(f"RunRecord field {name!r} does not hold a JSON object")
@@ -261,11 +274,20 @@ def _refuse_identity(fields: Mapping[str, Any]) -> None:
 _JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
+@functools.lru_cache(maxsize=512)
+def _plain_key(key: str) -> bool:
+    """Neither `_scrub` nor `redact` changes an entry under this key: what most keys are, checked once
+    each (the keys are the few the code writes)."""
+    return _SECRET_KEY.search(key) is None and redact(key) == key
+
+
 def _event_payload(data: Mapping[str, Any]) -> str:
     # Redacted as a structure, then serialised: the JSON stays valid whatever the strings hold.
     if all(type(key) is str and type(value) in _JSON_SCALARS for key, value in data.items()):
         # Flat and already JSON-typed (most entries, the create's among them): the round trip below
-        # would hand back the very same values.
+        # would hand back the very same values, and under plain keys only the string values can change.
+        if all(_plain_key(key) for key in data):
+            return _compact({k: redact(v) if type(v) is str else v for k, v in data.items()})
         return _compact(redact_value(_scrub(data)))
     plain = json.loads(_LENIENT.encode(_scrub(data)))
     return _compact(redact_value(plain))
@@ -811,7 +833,7 @@ class RunStore:
         self, run_id: str, name: str, *, ttl_seconds: float, done_field: str
     ) -> ClaimCall | None:
         """What `claim_step` sends (None: no such run can exist), for a caller with its own client."""
-        if done_field not in RunRecord.model_fields:
+        if done_field not in _FIELD_NAMES:
             raise ValueError(f"RunRecord has no field {done_field!r}")
         if not is_run_id(run_id):
             return None
@@ -839,26 +861,27 @@ class RunStore:
             request["cancellation_token"],
         )
         step, ttl_seconds, done_field = request["step"], request["ttl_seconds"], request["done_field"]
-        if done_field not in RunRecord.model_fields:
+        if done_field not in _FIELD_NAMES:
             raise ValueError(f"RunRecord has no field {done_field!r}")
         now = time.time()
         run_id = run_id_for(app_id, slide_id, cancellation_token)
         # What `create_or_get` stores for a new run (its defaults are not stored). The values are
         # the strings of an invocation already validated where it entered (`service.parsing`), the
-        # time and a constant, so they are JSON-encoded as they are, not validated a second time.
-        fields = {
-            "run_id": run_id,
-            "app_id": app_id,
-            "slide_id": slide_id,
-            "cancellation_token": cancellation_token,
-            "source": request["source"],
-            "callback_url": request["callback_url"],
-            "callback_token": request["callback_token"],
-            "created_at": now,
-            "updated_at": now,
-            "status": RunStatus.received.value,
-        }
-        encoded = [part for name, value in fields.items() for part in (name, _compact(value))]
+        # time and a constant, so they are JSON-encoded as they are (`_compact` spells a string so,
+        # and a float as its `repr`), not validated a second time.
+        text, stamp = encode_basestring_ascii, repr(now)
+        encoded = [
+            "run_id", text(run_id),
+            "app_id", text(app_id),
+            "slide_id", text(slide_id),
+            "cancellation_token", text(cancellation_token),
+            "source", text(request["source"]),
+            "callback_url", text(request["callback_url"]),
+            "callback_token", text(request["callback_token"]),
+            "created_at", stamp,
+            "updated_at", stamp,
+            "status", _RECEIVED_JSON,
+        ]  # fmt: skip
         token = random_token()
         keys = [
             self._record_key(run_id),
