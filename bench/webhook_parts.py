@@ -116,8 +116,8 @@ async def _measure(args: argparse.Namespace, sectra_url: str) -> list[tuple[str,
                 sectra_url, "bench-sectra-token", pending, path=results_path("strand-default")
             )
 
-        stored = await post()
-        answer = ModelJson(stored.model_dump_json())
+        posted = await post()
+        answer, stored = ModelJson(posted.json), posted.result
         held = iter(claims)
 
         async def record() -> None:

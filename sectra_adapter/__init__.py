@@ -8,7 +8,7 @@ The names below are the package's public surface; import them from here
 the callback-URL allow-list, the summary types shared with `workers`, and the errors.
 """
 
-from sectra_adapter._async_results import AsyncResultPoster, NotSent
+from sectra_adapter._async_results import AsyncResultPoster, NotSent, StoredResult
 from sectra_adapter._client import SectraAdapter, results_path
 from sectra_adapter._download import DownloadedFile, ProgressCallback
 from sectra_adapter._errors import (
@@ -94,6 +94,7 @@ __all__ = [
     "SectraUnavailable",
     "SectraVersionConflict",
     "SharedTransport",
+    "StoredResult",
     "UnsafePattern",
     "Urllib3Transport",
     "api_version_at_least",

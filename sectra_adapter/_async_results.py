@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from pydantic import ValidationError
 from sectra_client.schemas import Result, ResultResponse
@@ -36,6 +37,15 @@ MAX_RESULT_BYTES = 1 << 20
 
 class NotSent(Exception):
     """The POST stored nothing in Sectra; sending it again (through `SectraAdapter`) is safe."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResult:
+    """The result Sectra stored: parsed (`result`), and its JSON text as Sectra answered it (`json`),
+    which the webhook answers with and keeps, instead of dumping the parsed model again."""
+
+    result: ResultResponse
+    json: str
 
 
 class AsyncResultPoster:
@@ -69,7 +79,7 @@ class AsyncResultPoster:
 
     async def create_results(
         self, base_url: str, token: str, result: Result | bytes, *, path: str
-    ) -> ResultResponse:
+    ) -> StoredResult:
         """POST `result` to `base_url + path` (`results_path(app_id)`) with the invocation's token.
 
         `base_url` is one `normalise_base_url` made; `token` one `service.parsing` checked (token68);
@@ -99,8 +109,8 @@ class AsyncResultPoster:
         self._observe(str(answer.status))
         if answer.status in (200, 201):
             try:
-                return ResultResponse.model_validate_json(answer.body)
-            except ValidationError:
+                return StoredResult(ResultResponse.model_validate_json(answer.body), answer.body.decode())
+            except (ValidationError, UnicodeDecodeError):
                 raise SectraRequestFailed(answer.status, path, "the answer is not a stored result") from None
         if answer.status == 401:
             raise NotSent("Sectra refused the invocation's token")

@@ -44,6 +44,7 @@ from sectra_adapter import (
     SectraError,
     SectraRequestFailed,
     SectraUnavailable,
+    StoredResult,
     normalise_base_url,
     pending_result,
     pending_result_json,
@@ -195,19 +196,19 @@ async def _store_pending(
             raise
         log.warning("could not store the pending result in Sectra; run discarded", extra={"reason": str(exc)})
         raise _sectra_refusal(exc) from None
-    # The stored result as JSON once: the answer to this invocation and the run's copy of it.
-    body = stored.model_dump_json()
+    # The stored result's JSON as Sectra answered it: the answer to this invocation and the run's copy.
+    body, stored_result = stored.json, stored.result
     # The run's result and (where the queue shares the store's database) its first step, in one write.
     recorded, queued = await state.loop.record_and_enqueue(
         run_id,
         PENDING_LEASE,
         lease,
         event="created",
-        event_data={"source": source, "sectra_result_id": stored.id},
+        event_data={"source": source, "sectra_result_id": stored_result.id},
         pending_result=ModelJson(body),
-        sectra_result_id=stored.id,
-        sectra_version_id=stored.versionId,
-        message=stored.displayResult,
+        sectra_result_id=stored_result.id,
+        sectra_version_id=stored_result.versionId,
+        message=stored_result.displayResult,
         # In the write that makes the run visible to workers (the enqueue comes with or after it), so
         # no worker ever sees a region run without its region; `create_and_claim` takes no fields.
         **inputs,
@@ -220,7 +221,7 @@ async def _store_pending(
     _runs_started(app.id).inc()
     if not queued:
         await _enqueue(state, run_id)
-    log.info("run created", extra={"source": source, "sectra_result_id": stored.id})
+    log.info("run created", extra={"source": source, "sectra_result_id": stored_result.id})
     return body
 
 
@@ -252,7 +253,7 @@ async def _create_in_sectra(
     app: AppConfig,
     invocation: CreateInvocation | NewImageFilesInvocation,
     frame: Frame | None,
-) -> ResultResponse:
+) -> StoredResult:
     """The pending result's POST on the loop; through `SectraAdapter` (retries, token renewal) when
     it certainly stored nothing: the adapter may still succeed, or names what went wrong."""
     callback = invocation.callbackInfo
@@ -264,7 +265,8 @@ async def _create_in_sectra(
         )
     except NotSent:
         pending = pending_result(invocation.slideId, app.version, frame=frame)
-        return await anyio.to_thread.run_sync(_create_with_adapter, state, app, invocation, pending)
+        stored = await anyio.to_thread.run_sync(_create_with_adapter, state, app, invocation, pending)
+        return StoredResult(stored, stored.model_dump_json())
 
 
 def _create_with_adapter(

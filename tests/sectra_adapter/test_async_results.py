@@ -19,6 +19,7 @@ import pytest
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sectra_client.mock_server import MockSectraServer
+from sectra_client.schemas import ResultResponse
 
 from sectra_adapter import (
     AsyncResultPoster,
@@ -61,11 +62,14 @@ def test_a_result_is_stored_as_the_adapter_stores_it(mock_sectra: MockSectraServ
         by_adapter = sectra.create_results(APP, pending_result("s-1", "1.0"))
         in_sectra = {r.id: r for r in sectra.get_all_results("s-1", APP)}
     assert outcomes == ["201"] or outcomes == ["200"]
-    assert in_sectra[stored.id] == stored  # what Sectra keeps is what the poster answered
-    same = stored.model_dump(exclude={"id", "versionId"}) == by_adapter.model_dump(
+    assert in_sectra[stored.result.id] == stored.result  # what Sectra keeps is what the poster answered
+    # ... and its JSON is Sectra's answer as it came, which reads back as that result.
+    assert ResultResponse.model_validate_json(stored.json) == stored.result
+    assert json.loads(stored.json)["id"] == stored.result.id
+    same = stored.result.model_dump(exclude={"id", "versionId"}) == by_adapter.model_dump(
         exclude={"id", "versionId"}
     )
-    assert same and stored.id != by_adapter.id
+    assert same and stored.result.id != by_adapter.id
 
 
 def _scripted(status: int, body: Any, headers: dict[str, str] | None = None) -> FastAPI:
