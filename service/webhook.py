@@ -58,7 +58,7 @@ from workers.case import run_token
 from workers.dispatch import cancel_strand_job
 from workers.ids import is_run_id
 from workers.observability import RUNS_STARTED, run_context
-from workers.runstore import ModelJson, RunNotFound, RunSource
+from workers.runstore import ModelJson, RunNotFound, RunRecord, RunSource
 from workers.sectra_progress import Frame, region_input_frame
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,8 @@ DUPLICATE_WAIT_SECONDS = 10.0
 MODIFY_AUDIT_MAX_BYTES = 64 * 1024
 # A stored result as the answer's JSON, spelled as Starlette's `JSONResponse` spells it.
 _ANSWER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+# The input a record holds when it names none (`input_type`'s default).
+_WHOLE_SLIDE = RunRecord.model_fields["input_type"].default
 
 
 async def start_run(
@@ -163,11 +165,14 @@ def check_input(app: AppConfig, invocation: CreateInvocation | NewImageFilesInvo
 
 
 def _input_fields(invocation: CreateInvocation | NewImageFilesInvocation) -> dict[str, Any]:
-    """What the run keeps of the input: its type, and a region's content exactly as Sectra sent it."""
+    """What the run keeps of the input: its type, and a region's content exactly as Sectra sent it;
+    nothing for a whole slide, which is what a record without them says (`RunRecord`'s defaults)."""
     kind = invocation.input.type.value
     # Read from the model's fields (a whole-slide input has no `content`; getattr's miss costs pydantic
     # an exception).
     content = vars(invocation.input).get("content")
+    if content is None and kind == _WHOLE_SLIDE:
+        return {}
     region = content.model_dump(mode="json") if content is not None else None
     return {"input_type": kind, "region_input": region}
 
@@ -186,7 +191,7 @@ async def _store_pending(
     """
     inputs = _input_fields(invocation)
     # A region is framed where it was drawn; a whole slide's size is not known yet (no frame until then).
-    frame = region_input_frame(inputs["region_input"]) or None
+    frame = region_input_frame(inputs.get("region_input")) or None
     try:
         stored = await _create_in_sectra(state, app, invocation, frame)
     except BaseException as exc:

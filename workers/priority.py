@@ -13,6 +13,8 @@ image info read there decides the priority of every later step, including retrie
 
 from __future__ import annotations
 
+import functools
+
 import redis
 
 # Celery setting `broker_transport_options["priority_steps"]`: one Redis list per step.
@@ -33,8 +35,10 @@ def celery_priority(sectra_priority: int | None) -> int:
     return LOW
 
 
+@functools.lru_cache(maxsize=64)
 def queue_key(queue: str, priority: int) -> str:
-    """The Redis list kombu's Redis transport keeps messages of `priority` in (`_q_for_pri`)."""
+    """The Redis list kombu's Redis transport keeps messages of `priority` in (`_q_for_pri`); worked
+    out once per queue and priority (the webhook asks on every create)."""
     step = max(s for s in PRIORITY_STEPS if s <= max(priority, 0))
     return f"{queue}{_SEPARATOR}{step}" if step else queue
 

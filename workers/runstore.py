@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from typing_extensions import TypedDict, Unpack  # pydantic needs this TypedDict on Python < 3.12
 
 from workers.ids import RUN_ID_RULE, is_run_id, random_token
-from workers.observability import redact, redact_value
+from workers.observability import may_hold_secret, redact, redact_value
 from workers.states import FINAL_STATES, IllegalTransition, RunStatus, check_transition
 
 __all__ = [
@@ -283,11 +283,20 @@ def _plain_key(key: str) -> bool:
 
 def _event_payload(data: Mapping[str, Any]) -> str:
     # Redacted as a structure, then serialised: the JSON stays valid whatever the strings hold.
-    if all(type(key) is str and type(value) in _JSON_SCALARS for key, value in data.items()):
-        # Flat and already JSON-typed (most entries, the create's among them): the round trip below
-        # would hand back the very same values, and under plain keys only the string values can change.
-        if all(_plain_key(key) for key in data):
-            return _compact({k: redact(v) if type(v) is str else v for k, v in data.items()})
+    flat, unchanged = True, True
+    for key, value in data.items():
+        kind = type(value)
+        if type(key) is not str or kind not in _JSON_SCALARS:
+            flat = unchanged = False
+            break
+        if unchanged and (not _plain_key(key) or (kind is str and may_hold_secret(value))):
+            unchanged = False
+    if unchanged:
+        # Flat, JSON-typed, under plain keys, with no string a pattern would mask (most entries, the
+        # create's among them): the redaction below would hand back the very same entry.
+        return _compact(data)
+    if flat:
+        # Flat and already JSON-typed: the round trip below would hand back the very same values.
         return _compact(redact_value(_scrub(data)))
     plain = json.loads(_LENIENT.encode(_scrub(data)))
     return _compact(redact_value(plain))
