@@ -17,7 +17,6 @@ the round trips themselves. Needs valgrind (`apt-get install valgrind`); no Redi
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import re
@@ -34,19 +33,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 SECTRA_URL = "http://sectra.bench"
 WARM_UP = 50
 _COLLECTED = re.compile(r"Collected : (\d+)")
-
-
-def _body(i: int) -> bytes:
-    return json.dumps(
-        {
-            "action": "create",
-            "applicationId": "strand-default",
-            "slideId": f"slide-{i}",
-            "callbackInfo": {"url": SECTRA_URL, "token": "bench-sectra-token"},
-            "cancellationToken": f"ct-{i:08d}",
-            "input": {"type": "wholeSlide"},
-        }
-    ).encode()
 
 
 def _answered_in_process(app: Any) -> None:
@@ -84,8 +70,8 @@ async def _requests(which: str, count: int) -> None:
     async with app.router.lifespan_context(app):
         if which == "bridge":
             _answered_in_process(app)
-        for i in range(WARM_UP + count):
-            assert await webhook_parts._asgi_post(app, _body(i)) == 200
+        for _ in range(WARM_UP + count):
+            assert await webhook_parts._asgi_post(app, webhook_parts._invocation(SECTRA_URL)) == 200
 
 
 def _child(which: str, count: int) -> None:
