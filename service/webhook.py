@@ -202,18 +202,18 @@ async def _store_pending(
         log.warning("could not store the pending result in Sectra; run discarded", extra={"reason": str(exc)})
         raise _sectra_refusal(exc) from None
     # The stored result's JSON as Sectra answered it: the answer to this invocation and the run's copy.
-    body, stored_result = stored.json, stored.result
+    body, result = stored.json, stored.result
     # The run's result and (where the queue shares the store's database) its first step, in one write.
     recorded, queued = await state.loop.record_and_enqueue(
         run_id,
         PENDING_LEASE,
         lease,
         event="created",
-        event_data={"source": source, "sectra_result_id": stored_result.id},
+        event_data={"source": source, "sectra_result_id": result.id},
         pending_result=ModelJson(body),
-        sectra_result_id=stored_result.id,
-        sectra_version_id=stored_result.versionId,
-        message=stored_result.displayResult,
+        sectra_result_id=result.id,
+        sectra_version_id=result.versionId,
+        message=result.displayResult,
         # In the write that makes the run visible to workers (the enqueue comes with or after it), so
         # no worker ever sees a region run without its region; `create_and_claim` takes no fields.
         **inputs,
@@ -226,7 +226,7 @@ async def _store_pending(
     _runs_started(app.id).inc()
     if not queued:
         await _enqueue(state, run_id)
-    log.info("run created", extra={"source": source, "sectra_result_id": stored_result.id})
+    log.info("run created", extra={"source": source, "sectra_result_id": result.id})
     return body
 
 

@@ -226,9 +226,10 @@ def _compact(value: Any) -> str:
 
 
 class ModelJson(str):
-    """A field's value as the JSON text of a model pydantic validated (`model_dump_json()`), written as
-    it is: the webhook's pending result, which Sectra's answer was parsed into once already, is not
-    validated, dumped and encoded again. Only for a dict-typed field, which any model's JSON fits."""
+    """A field's value as JSON text pydantic has validated as a model (the text it parsed, or the
+    model's `model_dump_json()`), written as it is: the webhook's pending result, Sectra's answer as
+    it came and already parsed once, is not validated, dumped and encoded again. Only for a dict-typed
+    field, which any model's JSON fits."""
 
 
 def _encode(fields: Mapping[str, Any]) -> list[str]:

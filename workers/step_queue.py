@@ -74,8 +74,6 @@ class StepMessage:
 
 # Placeholders in the envelope's JSON: none can occur in what surrounds them (ids, names, numbers).
 _TASK_ID, _BODY, _ARGSREPR, _DELIVERY_TAG = "@@task-id@@", "@@body@@", "@@argsrepr@@", "@@delivery-tag@@"
-
-
 _PLACEHOLDER = re.compile("(" + "|".join(map(re.escape, (_TASK_ID, _BODY, _ARGSREPR, _DELIVERY_TAG))) + ")")
 
 
