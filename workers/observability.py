@@ -17,8 +17,6 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -46,21 +44,23 @@ _ANY_SECRET = re.compile(
 def may_hold_secret(text: str) -> bool:
     """Some pattern would mask something in `text`: a few substring checks first (the patterns' scan of
     every position costs more than the rest of a log line), the patterns only when one hits."""
-    if text.isascii():
-        lowered = text.lower()
-        # A word every pattern needs (case aside): an ASCII text holding none of them matches none of
-        # them. Spelled out, not a generator over a tuple: that costs more than the searches.
-        if not (
-            "sk-strand-" in lowered
-            or "bearer" in lowered
-            or "basic" in lowered
-            or "token" in lowered
-            or "api" in lowered
-            or "secret" in lowered
-            or "password" in lowered
-        ):
-            return False
+    if text.isascii() and not _has_secret_word(text.lower()):
+        return False
     return _ANY_SECRET.search(text) is not None
+
+
+def _has_secret_word(lowered: str) -> bool:
+    """A word every pattern needs (case aside) is in this lowercased ASCII text: one holding none of them
+    matches none of them. Spelled out, not a generator over a tuple: that costs more than the searches."""
+    return (
+        "sk-strand-" in lowered
+        or "bearer" in lowered
+        or "basic" in lowered
+        or "token" in lowered
+        or "api" in lowered
+        or "secret" in lowered
+        or "password" in lowered
+    )
 
 
 _STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -100,7 +100,7 @@ class JsonFormatter(logging.Formatter):
             cached = self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
         entry: dict[str, Any] = {
             "ts": f"{cached[1]}.{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
+            "level": _LEVEL_NAMES.get(record.levelname) or record.levelname.lower(),
             "logger": record.name,
             "event": record.getMessage(),
         }
@@ -111,19 +111,30 @@ class JsonFormatter(logging.Formatter):
         extra = record.__dict__.keys() - _STANDARD_ATTRS
         if extra:
             attributes = record.__dict__
-            for key in sorted(extra):
-                if not key.startswith("_"):
+            for key in sorted(extra) if len(extra) > 1 else extra:
+                if key[:1] != "_":
                     value = attributes[key]
-                    scalar = isinstance(value, (int, float, bool)) or value is None
-                    entry[key] = value if scalar else str(value)
+                    plain = type(value) in _SCALARS or isinstance(value, (int, float))
+                    entry[key] = value if plain else str(value)
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
-        # The entry is flat: one search over its keys and strings together tells whether any needs
-        # masking (a pattern that matches inside one of them matches inside them all, joined).
-        probe = "\n".join([*entry, *[value for value in entry.values() if isinstance(value, str)]])
         # pydantic-core's serializer: a few times faster than `json.dumps` for a line (non-ASCII text is
         # written as UTF-8 rather than escaped).
-        return to_json(redact_value(entry) if may_hold_secret(probe) else entry, fallback=str).decode()
+        line = to_json(entry, fallback=str).decode()
+        # The line as it stands, unless it holds a word some secret pattern needs. Checked on the JSON
+        # of the whole entry at once: JSON escapes no letter, so a word in any key or string is in the
+        # line too. Only an ASCII line is judged so (case folding can turn a non-ASCII letter into one
+        # of a word's); any other line takes the exact path, where the patterns run on each string.
+        if line.isascii() and not _has_secret_word(line.lower()):
+            return line
+        probe = "\n".join([*entry, *[value for value in entry.values() if isinstance(value, str)]])
+        return to_json(redact_value(entry), fallback=str).decode() if may_hold_secret(probe) else line
+
+
+# The level names as a line spells them, and the extra values written as they are (any other is
+# written as its `str`).
+_LEVEL_NAMES = {name: name.lower() for name in logging.getLevelNamesMapping()}
+_SCALARS = frozenset({int, float, bool, type(None)})
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -143,15 +154,24 @@ def configure_logging(level: str = "INFO") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-@contextmanager
-def run_context(**fields: str) -> Iterator[None]:
-    """Attach `run_id`, `app`, `stage` (any subset) to every log line inside the block."""
-    merged = {**(_run_context.get() or {}), **{k: v for k, v in fields.items() if v}}
-    token = _run_context.set(merged)
-    try:
-        yield
-    finally:
-        _run_context.reset(token)
+class run_context:
+    """Attach `run_id`, `app`, `stage` (any subset) to every log line inside the block.
+
+    A class rather than a `@contextmanager` generator: entered on every create, where a generator's
+    set-up and the context manager wrapped around it cost more than the context itself."""
+
+    __slots__ = ("_fields", "_token")
+
+    def __init__(self, **fields: str) -> None:
+        self._fields = fields
+
+    def __enter__(self) -> None:
+        outer = _run_context.get()
+        given = {k: v for k, v in self._fields.items() if v}
+        self._token = _run_context.set({**outer, **given} if outer else given)
+
+    def __exit__(self, *_: object) -> None:
+        _run_context.reset(self._token)
 
 
 RUNS_FINISHED = Counter("bridge_runs_finished_total", "Runs that reached a final status", ["app", "status"])

@@ -45,3 +45,25 @@ def test_a_log_line_with_a_secret_in_any_field_is_masked() -> None:
     assert line["detail"] == "Authorization: Bearer ***"
     plain = logging.LogRecord("t", logging.INFO, __file__, 1, "run created", None, None)
     assert json.loads(JsonFormatter().format(plain))["event"] == "run created"
+
+
+_RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+_RESERVED |= {"ts", "level", "logger", "event", "run_id", "app"}  # the line's own keys
+extra_keys = texts.filter(lambda key: key[:1] not in ("", "_") and key not in _RESERVED)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(message=texts, extras=st.dictionaries(extra_keys, texts, max_size=3))
+def test_a_line_is_masked_as_the_patterns_mask_each_of_its_strings(
+    message: str, extras: dict[str, str]
+) -> None:
+    """Whatever the formatter checks first (the whole line at once), each key and string of the line is
+    what the patterns make of it on its own."""
+    record = logging.LogRecord("bridge.test", logging.INFO, __file__, 1, message, None, None)
+    record.__dict__.update(extras)
+    with run_context(run_id="run-0123456789abcdef01234567", app="strand-default"):
+        line = json.loads(JsonFormatter().format(record))
+    assert line["event"] == _masked_by_the_patterns(message)
+    assert line["run_id"] == "run-0123456789abcdef01234567" and line["level"] == "info"
+    expected = {_masked_by_the_patterns(key): _masked_by_the_patterns(value) for key, value in extras.items()}
+    assert {key: line[key] for key in expected} == expected
