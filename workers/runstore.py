@@ -236,23 +236,23 @@ def _encode(fields: Mapping[str, Any]) -> list[str]:
     """Validate each value against its RunRecord field and flatten to HSET arguments."""
     flat: list[str] = []
     for name, value in fields.items():
-        adapter = _ADAPTERS.get(name)
-        if adapter is None:
+        plain = _PLAIN_TYPES.get(name)  # every field has an entry, if only an empty set
+        if plain is None:
             raise ValueError(f"RunRecord has no field {name!r}")
         kind = type(value)
-        if kind in _PLAIN_TYPES[name]:
-            flat += [name, _compact(value)]
+        if kind in plain:
+            flat += (name, encode_basestring_ascii(value) if kind is str else _compact(value))
             continue
         if value is None and name in _NULLABLE_FIELDS:
-            flat += [name, "null"]
+            flat += (name, "null")
             continue
         if kind is ModelJson:
             if name not in _OBJECT_FIELDS:
                 raise ValueError(f"RunRecord field {name!r} does not hold a JSON object")
-            flat += [name, str(value)]
+            flat += (name, str(value))
             continue
-        plain = adapter.dump_python(adapter.validate_python(value), mode="json")
-        flat += [name, _compact(plain)]
+        adapter = _ADAPTERS[name]
+        flat += (name, _compact(adapter.dump_python(adapter.validate_python(value), mode="json")))
     return flat
 
 
@@ -337,12 +337,12 @@ return {1}
 """
 
 # One script for every field write, so a checkpoint, its audit entry and the release of the step's
-# lease land together or not at all. A function of its keys (K) and arguments (A), so
-# `WRITE_THEN_SCRIPT` runs the very same write.
+# lease land together or not at all. A function of its keys (K) and arguments (A), so a script that does
+# more after it (`workers.runstore_async`: the run's first step) runs the very same write.
 # K: record, events, lease[, result index].
 # A: ttl, run_id, return record (1/0), lease token ('' = none), event ('' = none), ts, data, maxlen,
 #    field/value...
-_WRITE_FUNCTION = """
+WRITE_FUNCTION = """
 local function write(K, A)
   if redis.call('EXISTS', K[1]) == 0 then
     return false
@@ -366,31 +366,7 @@ local function write(K, A)
   return 1
 end
 """
-WRITE_SCRIPT = _WRITE_FUNCTION + "return write(KEYS, ARGV)\n"
-
-# The write, then, only if the run still exists, more commands in the same atomic step: the webhook's
-# record of its pending result with the run's first step (`AsyncRunStore.complete_step`), one EVALSHA
-# instead of a MULTI around an EVAL of the script's whole text. The commands' keys are declared in KEYS
-# too, as Redis asks of every key a script touches.
-# KEYS: the write's keys, then the commands' keys.
-# ARGV: the write's key count, its argument count, its arguments, then each command's word count and words.
-WRITE_THEN_SCRIPT = (
-    _WRITE_FUNCTION
-    + """
-local nkeys, nargs = tonumber(ARGV[1]), tonumber(ARGV[2])
-local written = write({unpack(KEYS, 1, nkeys)}, {unpack(ARGV, 3, 2 + nargs)})
-if not written then
-  return false
-end
-local i = 3 + nargs
-while i <= #ARGV do
-  local words = tonumber(ARGV[i])
-  redis.call(unpack(ARGV, i + 1, i + words))
-  i = i + 1 + words
-end
-return written
-"""
-)
+WRITE_SCRIPT = WRITE_FUNCTION + "return write(KEYS, ARGV)\n"
 
 # KEYS: record, events. ARGV: ttl, maxlen, ts, event, data.
 _APPEND = """
@@ -421,12 +397,22 @@ end
 return {'busy'}
 """
 
+# What `create_or_get` stores for a new run besides its id, times and status, in the order
+# `CREATE_AND_CLAIM_SCRIPT` takes their JSON from its arguments.
+_NEW_RUN_FIELDS = ("app_id", "slide_id", "cancellation_token", "source", "callback_url", "callback_token")
+_NEW_RUN_FIRST_ARG = 8
+
 # `_CREATE` then `CLAIM_SCRIPT` in one round trip: the webhook's create path, where each round trip is a
 # thread hop and a GIL hand-off under load. A run created here has no output yet, so it is claimed
-# unless a holder of a deleted predecessor's lease is still on it.
+# unless a holder of a deleted predecessor's lease is still on it. The record's field names and its
+# constant values are in the script's text, so each create sends only the values (every argument costs
+# the sender its packing and Redis its parsing): the id's JSON is the id quoted (a run id is
+# `run-` and hex digits), both times are the creation time as Python's `repr` spells it.
 # KEYS: record, all-index, status-index, app-index, lease.
-# ARGV: ttl, score, prune-before, run_id, done field, lease token, lease ttl ms, field/value...
-CREATE_AND_CLAIM_SCRIPT = """
+# ARGV: ttl, now, prune-before, run_id, done field, lease token, lease ttl ms, then the JSON of each of
+#       `_NEW_RUN_FIELDS`.
+CREATE_AND_CLAIM_SCRIPT = (
+    """
 local created = 0
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local done = redis.call('HGET', KEYS[1], ARGV[5])
@@ -434,7 +420,14 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
     return {0, 'done', done}
   end
 else
-  redis.call('HSET', KEYS[1], unpack(ARGV, 8))
+  redis.call('HSET', KEYS[1], 'run_id', '"' .. ARGV[4] .. '"', 'created_at', ARGV[2], 'updated_at', ARGV[2],
+             'status', '"""
+    + _RECEIVED_JSON
+    + "'"
+    + "".join(
+        f",\n             '{name}', ARGV[{_NEW_RUN_FIRST_ARG + i}]" for i, name in enumerate(_NEW_RUN_FIELDS)
+    )
+    + """)
   redis.call('EXPIRE', KEYS[1], ARGV[1])
   for i = 2, 4 do
     redis.call('ZADD', KEYS[i], ARGV[2], ARGV[4])
@@ -448,6 +441,7 @@ if redis.call('SET', KEYS[5], ARGV[6], 'NX', 'PX', ARGV[7]) or redis.call('GET',
 end
 return {created, 'busy'}
 """
+)
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -507,6 +501,16 @@ class CreateAndClaimCall:
         return self.run_id, created, StepClaim("busy")
 
 
+def _events_key_under(record_key: str) -> str:
+    """A run's audit trail, from its record's key."""
+    return f"{record_key}:events"
+
+
+def _lease_key_under(record_key: str, name: str) -> str:
+    """A run's lease on step `name`, from its record's key."""
+    return f"{record_key}:lease:{name}"
+
+
 class RunStore:
     """Typed, atomic access to run records; safe to share between threads (redis-py pools connections)."""
 
@@ -518,6 +522,8 @@ class RunStore:
         self._redis = redis
         self._prefix = prefix
         self._ttl = retention_seconds
+        # Each status's index key, spelled once (an enum's `.value` is a property lookup per read).
+        self._status_index_keys = {status: f"{prefix}:runs:status:{status.value}" for status in RunStatus}
         self._create_script = redis.register_script(_CREATE)
         self._write_script = redis.register_script(WRITE_SCRIPT)
         self._append_script = redis.register_script(_APPEND)
@@ -547,8 +553,13 @@ class RunStore:
             raise ValueError(f"not a run id: must be {RUN_ID_RULE}")
         return f"{self._prefix}:run:{run_id}"
 
+    def _checked_record_key(self, run_id: str) -> str:
+        """`_record_key` of an id the caller has just checked (`is_run_id`) or made (`run_id_for`): the
+        create path builds every key of a run from it, without checking the id again for each."""
+        return f"{self._prefix}:run:{run_id}"
+
     def _events_key(self, run_id: str) -> str:
-        return f"{self._record_key(run_id)}:events"
+        return _events_key_under(self._record_key(run_id))
 
     def _result_key(self, result_id: int) -> str:
         # Sectra numbers results per app, so the key holds one field per app (the JSON-encoded
@@ -559,7 +570,7 @@ class RunStore:
         return f"{self._prefix}:runs"
 
     def _index_status(self, status: RunStatus) -> str:
-        return f"{self._prefix}:runs:status:{status.value}"
+        return self._status_index_keys[status]
 
     def _index_app(self, app_id: str) -> str:
         return f"{self._prefix}:runs:app:{app_id}"
@@ -661,8 +672,8 @@ class RunStore:
         """The keys and arguments of `complete_step`'s script (`WRITE_SCRIPT`); None: no such run."""
         if "status" in fields:
             raise ValueError("use transition() to change a run's status")
-        lease = (self._lease_key(run_id, name), token)
-        return self._write_call(run_id, fields, want_record=False, lease=lease, event=(event, event_data))
+        lease, done = (name, token), (event, event_data)
+        return self._write_call(run_id, fields, want_record=False, lease=lease, event=done)
 
     def _write(
         self,
@@ -685,17 +696,17 @@ class RunStore:
         lease: tuple[str, str] | None = None,
         event: tuple[str, Mapping[str, Any]] | None = None,
     ) -> tuple[list[str], list[Any]] | None:
+        """`WRITE_SCRIPT`'s keys and arguments; `lease` is the step's name and the holder's token."""
         _refuse_identity(fields)
         if not is_run_id(run_id):
             return None  # as for a deleted run
-        fields["updated_at"] = time.time()
-        keys = [
-            self._record_key(run_id),
-            self._events_key(run_id),
-            lease[0] if lease else self._lease_key(run_id, "-"),
-        ]
-        if fields.get("sectra_result_id") is not None:
-            keys.append(self._result_key(int(fields["sectra_result_id"])))
+        now = time.time()
+        fields["updated_at"] = now
+        record = self._checked_record_key(run_id)
+        keys = [record, _events_key_under(record), _lease_key_under(record, lease[0] if lease else "-")]
+        result_id = fields.get("sectra_result_id")
+        if result_id is not None:
+            keys.append(self._result_key(int(result_id)))
         name, data = event if event else ("", {})
         args = [
             self._ttl,
@@ -703,7 +714,7 @@ class RunStore:
             "1" if want_record else "0",
             lease[1] if lease else "",
             name,
-            f"{time.time():.6f}",
+            f"{now:.6f}",
             _event_payload(data),
             _EVENTS_MAX,
             *_encode(fields),
@@ -826,7 +837,7 @@ class RunStore:
     # -- leases -------------------------------------------------------------------------------
 
     def _lease_key(self, run_id: str, name: str) -> str:
-        return f"{self._record_key(run_id)}:lease:{name}"
+        return _lease_key_under(self._record_key(run_id), name)
 
     def claim_step(self, run_id: str, name: str, *, ttl_seconds: float, done_field: str) -> StepClaim:
         """Claim a once-only step of a run unless its output (`done_field`) is already recorded.
@@ -875,33 +886,25 @@ class RunStore:
             raise ValueError(f"RunRecord has no field {done_field!r}")
         now = time.time()
         run_id = run_id_for(app_id, slide_id, cancellation_token)
-        # What `create_or_get` stores for a new run (its defaults are not stored). The values are
-        # the strings of an invocation already validated where it entered (`service.parsing`), the
-        # time and a constant, so they are JSON-encoded as they are (`_compact` spells a string so,
-        # and a float as its `repr`), not validated a second time.
-        text, stamp = encode_basestring_ascii, repr(now)
-        encoded = [
-            "run_id", text(run_id),
-            "app_id", text(app_id),
-            "slide_id", text(slide_id),
-            "cancellation_token", text(cancellation_token),
-            "source", text(request["source"]),
-            "callback_url", text(request["callback_url"]),
-            "callback_token", text(request["callback_token"]),
-            "created_at", stamp,
-            "updated_at", stamp,
-            "status", _RECEIVED_JSON,
-        ]  # fmt: skip
         token = random_token()
+        record = self._checked_record_key(run_id)
         keys = [
-            self._record_key(run_id),
+            record,
             self._index_all(),
             self._index_status(RunStatus.received),
             self._index_app(app_id),
-            self._lease_key(run_id, step),
+            _lease_key_under(record, step),
         ]
-        args = [self._ttl, now, self._prune_before(now), run_id, done_field, token, int(ttl_seconds * 1000)]
-        return CreateAndClaimCall(run_id, token, keys, [*args, *encoded])
+        # The values are the strings of an invocation already validated where it entered
+        # (`service.parsing`), so they are JSON-encoded as they are (as `_compact` spells a string),
+        # not validated a second time; in `_NEW_RUN_FIELDS`' order.
+        text = encode_basestring_ascii
+        args = [
+            self._ttl, now, self._prune_before(now), run_id, done_field, token, int(ttl_seconds * 1000),
+            text(app_id), text(slide_id), text(cancellation_token), text(request["source"]),
+            text(request["callback_url"]), text(request["callback_token"]),
+        ]  # fmt: skip
+        return CreateAndClaimCall(run_id, token, keys, args)
 
     def release_lease(self, run_id: str, name: str, token: str) -> None:
         """Release a lease if (and only if) this token still holds it."""
