@@ -96,14 +96,13 @@ class LoopClients:
         meanwhile and nothing was queued; not queued (the app's own enqueue, or the queue is
         elsewhere), the caller enqueues it."""
         enqueue = self.enqueue
-        store_client = self.store.client
         return await self.runs.complete_step(
             run_id,
             name,
             token,
             event=event,
             event_data=event_data,
-            also=None if enqueue is None else lambda batch: enqueue.queue_with(batch, store_client, run_id),
+            then_queue=None if enqueue is None else enqueue.first_step(self.store.client, run_id),
             **fields,
         )
 

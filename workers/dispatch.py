@@ -10,11 +10,11 @@ import redis
 
 from workers import runtime
 from workers.celery_app import QUEUE, celery_app
-from workers.redis_lane import CommandBatch, RedisLane
+from workers.redis_lane import RedisLane
 from workers.runstore import RunRecord, RunStatus
 from workers.scheduler import StepScheduler
 from workers.settings import get_settings
-from workers.step_queue import StepMessage, put_first_step, put_first_step_async, queue_first_step
+from workers.step_queue import FirstStep, StepMessage, first_step, put_first_step, put_first_step_async
 from workers.tasks import run_step, schedule
 
 
@@ -45,7 +45,7 @@ class DirectEnqueue:
     def __init__(self) -> None:
         self._lane: RedisLane | None = None
         # What `prepare` found for the store client it was given (at the app's startup, or else on the
-        # first `queue_with`): the step message and the scheduler, or None when the queue is not in
+        # first `first_step`): the step message and the scheduler, or None when the queue is not in
         # that client's database (Celery's configuration costs microseconds per read and does not
         # change under a running web process).
         self._planned_for: redis.Redis | None = None
@@ -62,22 +62,21 @@ class DirectEnqueue:
 
     def prepare(self, store_client: redis.Redis) -> None:
         """Read the plan for `store_client` now (Celery's configuration, the scheduler): the first
-        `queue_with` would otherwise read it on the event loop, in the middle of a create."""
+        `first_step` would otherwise read it on the event loop, in the middle of a create."""
         if self._planned_for is not store_client:
             message = _direct_message()
             shared = message is not None and same_database(store_client, runtime.redis_client())
             self._plan = (message, runtime.scheduler()) if message is not None and shared else None
             self._planned_for = store_client
 
-    def queue_with(self, pipe: CommandBatch, store_client: redis.Redis, run_id: str) -> bool:
-        """Queue the run's first step on the caller's batch (the run store's write), when the queue is
-        in the store's own database; False (nothing queued) otherwise: then await the enqueue itself."""
+    def first_step(self, store_client: redis.Redis, run_id: str) -> FirstStep | None:
+        """The run's first step for the run store's write to queue (`AsyncRunStore.complete_step`), when
+        the queue is in the store's own database; None otherwise: then await the enqueue itself."""
         self.prepare(store_client)
         if self._plan is None:
-            return False
+            return None
         message, scheduler = self._plan
-        queue_first_step(pipe, scheduler, message, run_id)
-        return True
+        return first_step(scheduler, message, run_id)
 
     async def close(self) -> None:
         if self._lane is not None:

@@ -32,6 +32,7 @@ import asyncio
 import collections
 import hashlib
 import inspect
+import itertools
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -73,26 +74,21 @@ class LaneScript:
 
 class CommandBatch:
     """Commands written as on a redis-py pipeline (`hset`, `expire`, `lpush`), so code that queues writes
-    serves both clients; sent as one MULTI/EXEC (`RedisLane.transaction`) or run by a script after its
-    own work (`workers.runstore.WRITE_THEN_SCRIPT`), which is why each command's key is kept too."""
+    serves both clients; sent as one MULTI/EXEC (`RedisLane.transaction`)."""
 
     def __init__(self) -> None:
         self.commands: list[tuple[Arg, ...]] = []
-        self.keys: list[str] = []
 
     def hset(self, name: str, *, mapping: dict[str, Arg]) -> CommandBatch:
-        self.commands.append(("HSET", name, *(part for pair in mapping.items() for part in pair)))
-        self.keys.append(name)
+        self.commands.append(("HSET", name, *itertools.chain.from_iterable(mapping.items())))
         return self
 
     def expire(self, name: str, time: int) -> CommandBatch:
         self.commands.append(("EXPIRE", name, time))
-        self.keys.append(name)
         return self
 
     def lpush(self, name: str, *values: Arg) -> CommandBatch:
         self.commands.append(("LPUSH", name, *values))
-        self.keys.append(name)
         return self
 
 

@@ -32,6 +32,13 @@ class ScheduledStep:
     started: bool = False  # a worker took this very step (not an earlier one of the run)
 
 
+# `queue_new_token`'s writes in a Lua script, from `new_token_values` and `ttl_seconds`: a format whose
+# fields (key, current: the token, due_at, ttl) are the script's expressions for them.
+CURRENT_STEP_LUA = """redis.call('HSET', {key}, 'token', {current}, 'due_at', {due_at})
+redis.call('EXPIRE', {key}, {ttl})
+"""
+
+
 class StepScheduler:
     def __init__(self, client: redis.Redis, *, prefix: str = "bridge", ttl_seconds: int = 30 * 86400) -> None:
         self._redis = client
@@ -53,11 +60,19 @@ class StepScheduler:
     ) -> str:
         """`new_token`'s writes, queued on the caller's MULTI or batch, so a message queued after them
         in the same atomic write can never be seen by a worker before its token is current."""
-        token = random_token()
-        key = self._key(run_id)
-        pipe.hset(key, mapping={"token": token, "due_at": repr(time.time() + max(0.0, delay))})
+        key, token, due_at = self.new_token_values(run_id, delay)
+        pipe.hset(key, mapping={"token": token, "due_at": due_at})
         pipe.expire(key, self._ttl)
         return token
+
+    def new_token_values(self, run_id: str, delay: float = 0.0) -> tuple[str, str, str]:
+        """What `queue_new_token` writes (the run's step key, a fresh token, its due time), for a script
+        that writes it with `CURRENT_STEP_LUA`."""
+        return self._key(run_id), random_token(), repr(time.time() + max(0.0, delay))
+
+    @property
+    def ttl_seconds(self) -> int:
+        return self._ttl
 
     def current(self, run_id: str) -> ScheduledStep | None:
         token, due_at, started = self._redis.hmget(self._key(run_id), ["token", "due_at", "started"])

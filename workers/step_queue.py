@@ -4,9 +4,9 @@
 merging, kombu's producer, and kombu's Redis channel building a new client for every publish, all
 after a separate round trip for the step's scheduler token. The webhook sends one message per
 create, always the same task with no countdown, so this writes the very bytes kombu's Redis
-transport would write and queues them in the same atomic write as the token (a MULTI, or the
-webhook's record script: `StepScheduler.queue_new_token`): a worker can never see the message
-before its token is current.
+transport would write and queues them in the same atomic write as the token (a MULTI,
+`queue_first_step`, or the script that records the webhook's pending result, `FIRST_STEP_LUA`):
+a worker can never see the message before its token is current.
 
 The message is Celery's message protocol version 2 (Celery docs, "Message Protocol": headers
 `lang`, `task`, `id`, `root_id`, ..., body `[args, kwargs, embed]`) inside kombu's virtual
@@ -22,21 +22,20 @@ has a real worker consume it.
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import os
 import re
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
 import redis
 
-from workers.ids import uuid4_text
+from workers.ids import uuid4_pair
 from workers.priority import NORMAL, queue_key
 from workers.redis_lane import CommandBatch, RedisLane
-from workers.scheduler import StepScheduler
+from workers.scheduler import CURRENT_STEP_LUA, StepScheduler
 
 _HOST = socket.gethostname()
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
@@ -54,37 +53,59 @@ class StepMessage:
     ignore_result: bool
     # Celery's `task_default_priority`, as `apply_async` gives a step without a priority of its own.
     priority: int = NORMAL
+    # The envelope's JSON cut at its per-message values (`_envelope_chunks`), made with the message.
+    chunks: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "chunks", _envelope_chunks(self))
 
     def encode(self, args: tuple[str, ...]) -> bytes:
         """The kombu Redis envelope of one Celery protocol-2 task message with these arguments."""
-        task_id = uuid4_text()
+        task_id, delivery_tag = uuid4_pair()
         # `json.dumps([list(args), {}, _EMBED])`, with the constant part spelled once (`_BODY_TAIL`).
         body = f"[[{', '.join(map(encode_basestring_ascii, args))}], {_BODY_TAIL}".encode()
-        values = {
-            _TASK_ID: task_id,
-            _BODY: base64.b64encode(body).decode(),
-            # Celery's `saferepr` of the args tuple; ours are short ASCII ids, for which it is `repr`.
-            _ARGSREPR: encode_basestring_ascii(repr(args))[1:-1],
-            _DELIVERY_TAG: uuid4_text(),
-        }
-        # The envelope's JSON is made once per process (`_template`), cut at its placeholders; only
-        # these values differ, put in place by one join instead of a scan of the whole text per value.
-        return "".join([values.get(part, part) for part in _template(self, os.getpid())]).encode()
+        # Celery's `saferepr` of the args tuple; ours are short ASCII ids, for which it is `repr`.
+        argsrepr = encode_basestring_ascii(repr(args))[1:-1]
+        # The JSON between the values is made once per message kind; the values go in place in the
+        # order `_SLOTS` fixes (one join, not a template scanned per message).
+        c = self.chunks
+        return "".join(
+            (
+                c[0], base64.b64encode(body).decode(),
+                c[1], task_id,
+                c[2], task_id,
+                c[3], argsrepr,
+                c[4], _origin[0],
+                c[5], task_id,
+                c[6], delivery_tag,
+                c[7],
+            )
+        ).encode()  # fmt: skip
 
 
-# Placeholders in the envelope's JSON: none can occur in what surrounds them (ids, names, numbers).
-_TASK_ID, _BODY, _ARGSREPR, _DELIVERY_TAG = "@@task-id@@", "@@body@@", "@@argsrepr@@", "@@delivery-tag@@"
-_PLACEHOLDER = re.compile("(" + "|".join(map(re.escape, (_TASK_ID, _BODY, _ARGSREPR, _DELIVERY_TAG))) + ")")
+# Placeholders for the envelope's values that differ per message; none can occur in what surrounds
+# them (ids, names, numbers). `_SLOTS` is the order they take in the envelope's JSON, which `encode`
+# fills in (checked when a message kind is made).
+_TASK_ID, _BODY, _ARGSREPR, _DELIVERY_TAG, _ORIGIN = (
+    "@@task-id@@", "@@body@@", "@@argsrepr@@", "@@delivery-tag@@", "@@origin@@"
+)  # fmt: skip
+_SLOTS = (_BODY, _TASK_ID, _TASK_ID, _ARGSREPR, _ORIGIN, _TASK_ID, _DELIVERY_TAG)
+_PLACEHOLDER = re.compile("|".join(map(re.escape, (_TASK_ID, _BODY, _ARGSREPR, _DELIVERY_TAG, _ORIGIN))))
+# Celery's `anon_nodename()`, `gen<pid>@<host>`, read once per process (`os.getpid` is a system call).
+_origin = [f"gen{os.getpid()}@{_HOST}"]
+os.register_at_fork(after_in_child=lambda: _origin.__setitem__(0, f"gen{os.getpid()}@{_HOST}"))
 
 
-@functools.lru_cache(maxsize=8)
-def _template(message: StepMessage, pid: int) -> tuple[str, ...]:
-    """The envelope's JSON with a placeholder for each value that differs per message, as the text
-    between placeholders and the placeholders themselves, in order."""
-    return tuple(_PLACEHOLDER.split(_envelope_json(message, pid)))
+def _envelope_chunks(message: StepMessage) -> tuple[str, ...]:
+    """The envelope's JSON as the text around its placeholders, which occur in `_SLOTS`' order."""
+    text = _envelope_json(message)
+    found = tuple(_PLACEHOLDER.findall(text))
+    if found != _SLOTS:
+        raise AssertionError(f"the envelope's values are in the order {found}, not {_SLOTS}")
+    return tuple(_PLACEHOLDER.split(text))
 
 
-def _envelope_json(message: StepMessage, pid: int) -> str:
+def _envelope_json(message: StepMessage) -> str:
     headers: dict[str, Any] = {
         "lang": "py",
         "task": message.task,
@@ -100,7 +121,7 @@ def _envelope_json(message: StepMessage, pid: int) -> str:
         "parent_id": None,
         "argsrepr": _ARGSREPR,
         "kwargsrepr": "{}",
-        "origin": f"gen{pid}@{_HOST}",  # Celery's `anon_nodename()`
+        "origin": _ORIGIN,
         "ignore_result": message.ignore_result,
         "replaced_task_nesting": 0,
         "stamped_headers": None,
@@ -123,6 +144,32 @@ def _envelope_json(message: StepMessage, pid: int) -> str:
         },
     }
     return json.dumps(envelope)
+
+
+@dataclass(frozen=True, slots=True)
+class FirstStep:
+    """A run's first step as a script writes it after its own work (`FIRST_STEP_LUA`): the step's key
+    and the queue (`keys`), the token, its due time, the token's TTL and the message (`args`)."""
+
+    token: str
+    keys: tuple[str, str]
+    args: tuple[str, str, int, bytes]
+
+
+# `queue_first_step`'s writes in a Lua script (the token first): a format whose fields are the
+# script's expressions for `FirstStep.keys` (step_key, queue) and `FirstStep.args` (current, due_at, ttl,
+# message).
+FIRST_STEP_LUA = CURRENT_STEP_LUA.replace("{key}", "{step_key}") + "redis.call('LPUSH', {queue}, {message})\n"
+
+
+def first_step(scheduler: StepScheduler, message: StepMessage, run_id: str) -> FirstStep:
+    """A fresh step token and its message, for a script to queue (`FIRST_STEP_LUA`)."""
+    key, token, due_at = scheduler.new_token_values(run_id)
+    return FirstStep(
+        token,
+        (key, queue_key(message.queue, message.priority)),
+        (token, due_at, scheduler.ttl_seconds, message.encode((run_id, token))),
+    )
 
 
 def queue_first_step(

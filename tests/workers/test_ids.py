@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Sequence
 
-from workers.ids import random_token, uuid4_text
+import pytest
+
+from workers.ids import random_token, uuid4_pair, uuid4_text
 
 
-def test_uuid4_text_is_a_version_4_uuid_in_canonical_form() -> None:
+@pytest.mark.parametrize("make", [lambda: [uuid4_text()], uuid4_pair], ids=["uuid4_text", "uuid4_pair"])
+def test_uuid4_text_is_a_version_4_uuid_in_canonical_form(make: Callable[[], Sequence[str]]) -> None:
     seen = set()
     variants = set()
-    for _ in range(4000):
-        text = uuid4_text()
+    for text in (text for _ in range(4000) for text in make()):
         parsed = uuid.UUID(text)
         assert parsed.version == 4
         assert parsed.variant == uuid.RFC_4122
         assert str(parsed) == text  # lowercase, dashed 8-4-4-4-12
         variants.add(text[19])
         seen.add(text)
-    assert len(seen) == 4000
+    assert len(seen) == 4000 * len(make())
     assert variants == set("89ab")  # all four variant digits occur: the two free bits are random
 
 

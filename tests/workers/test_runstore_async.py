@@ -1,4 +1,4 @@
-"""`AsyncRunStore.complete_step` with follow-up writes (`WRITE_THEN_SCRIPT`), against a real Redis.
+"""`AsyncRunStore.complete_step` with the run's first step queued by the same script, against a real Redis.
 
 The oracle is the database as the blocking redis-py client and `RunStore` read it, not the
 lane's replies alone.
@@ -7,15 +7,16 @@ lane's replies alone.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
 
-from workers.redis_lane import CommandBatch, RedisLane
+from workers.redis_lane import RedisLane
 from workers.runstore import ModelJson, RunStore
 from workers.runstore_async import AsyncRunStore
+from workers.step_queue import FirstStep
 
 LEASE = "pending-result"
 
@@ -27,7 +28,7 @@ def store(redis_client: redis.Redis, key_prefix: str) -> Iterator[RunStore]:
         redis_client.delete(key)
 
 
-def _complete(store: RunStore, run_id: str, token: str, also: Callable[[CommandBatch], bool] | None) -> Any:
+def _complete(store: RunStore, run_id: str, token: str, then_queue: FirstStep | None) -> Any:
     async def main() -> Any:
         runs = AsyncRunStore(store, RedisLane.like(store.client))
         try:
@@ -37,7 +38,7 @@ def _complete(store: RunStore, run_id: str, token: str, also: Callable[[CommandB
                 token,
                 event="created",
                 event_data={"source": "create", "sectra_result_id": 7},
-                also=also,
+                then_queue=then_queue,
                 pending_result=ModelJson('{"id":7,"versionId":"v1","slideId":"sl\u00e4de"}'),
                 sectra_result_id=7,
             )
@@ -63,14 +64,8 @@ def _claimed_run(store: RunStore, token: str) -> tuple[str, str]:
     return run_id, claim.token
 
 
-def _queue_one(queue: str) -> Callable[[CommandBatch], bool]:
-    def also(batch: CommandBatch) -> bool:
-        batch.hset(f"{queue}:token", mapping={"token": "tok", "due_at": "1.5"})
-        batch.expire(f"{queue}:token", 60)
-        batch.lpush(queue, b"message-\x00-bytes")
-        return True
-
-    return also
+def _queue_one(queue: str) -> FirstStep:
+    return FirstStep("tok", (f"{queue}:token", queue), ("tok", "1.5", 60, b"message-\x00-bytes"))
 
 
 def test_the_write_and_the_follow_up_commands_land_together(
@@ -105,12 +100,34 @@ def test_without_follow_up_commands_it_is_the_plain_write(
     store: RunStore, redis_client: redis.Redis, key_prefix: str
 ) -> None:
     run_id, token = _claimed_run(store, "ct-3")
-    assert _complete(store, run_id, token, lambda batch: False) == (True, False)
-    assert store.require(run_id).pending_result == {"id": 7, "versionId": "v1", "slideId": "sl\u00e4de"}
     assert _complete(store, run_id, token, None) == (True, False)
+    assert store.require(run_id).pending_result == {"id": 7, "versionId": "v1", "slideId": "sl\u00e4de"}
 
 
 def test_model_json_goes_only_to_an_object_field(store: RunStore) -> None:
     run_id, token = _claimed_run(store, "ct-4")
     with pytest.raises(ValueError, match="does not hold a JSON object"):
         store.complete_step(run_id, LEASE, token, event="x", event_data={}, message=ModelJson('{"a":1}'))
+
+
+def test_the_first_step_follows_a_write_with_no_result_index(
+    store: RunStore, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    """Without a Sectra result id the write has three keys, not four: the step's keys follow those."""
+    run_id, token = _claimed_run(store, "ct-5")
+    queue = f"{key_prefix}-queue"
+
+    async def main() -> Any:
+        runs = AsyncRunStore(store, RedisLane.like(store.client))
+        try:
+            return await runs.complete_step(
+                run_id, LEASE, token, event="created", event_data={}, then_queue=_queue_one(queue),
+                pending_result={"id": 8},
+            )  # fmt: skip
+        finally:
+            await runs.close()
+
+    assert asyncio.run(main()) == (True, True)
+    assert store.require(run_id).pending_result == {"id": 8}
+    assert redis_client.lrange(queue, 0, -1) == [b"message-\x00-bytes"]
+    assert redis_client.hgetall(f"{queue}:token") == {b"token": b"tok", b"due_at": b"1.5"}

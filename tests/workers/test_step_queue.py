@@ -7,6 +7,7 @@ field. (tests/e2e/test_direct_enqueue.py has a real `sectra-bridge worker` consu
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import Iterator
@@ -17,8 +18,11 @@ import redis
 
 from workers.celery_app import QUEUE, celery_app
 from workers.priority import NORMAL, queue_key
+from workers.redis_lane import RedisLane
+from workers.runstore import RunStore
+from workers.runstore_async import AsyncRunStore
 from workers.scheduler import StepScheduler
-from workers.step_queue import StepMessage, put_first_step
+from workers.step_queue import StepMessage, first_step, put_first_step
 from workers.tasks import run_step
 
 # Per message in both: the task id (also its root and correlation id) and kombu's delivery tag.
@@ -60,20 +64,60 @@ def _celery_writes(url: str, client: redis.Redis, args: tuple[str, str]) -> dict
     return envelope
 
 
+def _queued_by_the_record_script(client: redis.Redis, scheduler: StepScheduler, message: StepMessage) -> str:
+    """The webhook's way: the run's first step queued by the script that records its pending result."""
+    store = RunStore(client, prefix="test-step-queue")
+    run_id, _, claim = store.create_and_claim(
+        app_id="strand-default",
+        slide_id="slide-1",
+        cancellation_token="ct-1",
+        callback_url="https://sectra.example/api",
+        callback_token="t",
+        source="create",
+        step="pending-result",
+        ttl_seconds=60,
+        done_field="pending_result",
+    )
+    assert claim.token is not None
+    step = first_step(scheduler, message, run_id)
+
+    async def record() -> tuple[bool, bool]:
+        runs = AsyncRunStore(store, RedisLane.like(client))
+        try:
+            return await runs.complete_step(
+                run_id, "pending-result", str(claim.token), event="created", event_data={}, then_queue=step,
+                pending_result={"id": 1},
+            )  # fmt: skip
+        finally:
+            await runs.close()
+
+    assert asyncio.run(record()) == (True, True)
+    assert scheduler.is_current(run_id, step.token)
+    return run_id
+
+
+@pytest.mark.parametrize("writer", ["multi", "record script"])
 def test_the_direct_message_is_field_by_field_what_apply_async_writes(
-    queue_db: tuple[str, redis.Redis],
+    queue_db: tuple[str, redis.Redis], writer: str
 ) -> None:
     url, client = queue_db
     scheduler = StepScheduler(client, prefix="test-step-queue")
-    token = put_first_step(client, scheduler, _message(), "run-0123456789abcdef01234567")
+    if writer == "multi":
+        run_id = "run-0123456789abcdef01234567"
+        token = put_first_step(client, scheduler, _message(), run_id)
+    else:
+        run_id = _queued_by_the_record_script(client, scheduler, _message())
+        current = scheduler.current(run_id)
+        assert current is not None
+        token = current.token
     ours: dict[str, Any] = json.loads(client.rpop(_LIST) or b"null")
-    theirs = _celery_writes(url, client, ("run-0123456789abcdef01234567", token))
+    theirs = _celery_writes(url, client, (run_id, token))
 
     assert ours.keys() == theirs.keys()
     for field in ("content-type", "content-encoding"):
         assert ours[field] == theirs[field]
     assert base64.b64decode(ours["body"]) == base64.b64decode(theirs["body"])
-    assert json.loads(base64.b64decode(ours["body"]))[0] == ["run-0123456789abcdef01234567", token]
+    assert json.loads(base64.b64decode(ours["body"]))[0] == [run_id, token]
     assert ours["headers"].keys() == theirs["headers"].keys()
     for name in ours["headers"].keys() - _PER_MESSAGE_HEADERS:
         assert ours["headers"][name] == theirs["headers"][name], name
