@@ -7,7 +7,8 @@ VM's spell (for the bare endpoint as much as for the bridge), so a change worth 
 cannot be seen there. This counts what the create path executes instead: the app's ASGI callable
 driven in one process with its three exchanges answered in that process (the two Redis scripts'
 replies and Sectra's stored result are canned, so no network, no server and no other process is
-counted), against the bare endpoint's ASGI app (`bench/webhook.py`'s `bare_app`), each under
+counted; each script's command is still packed, as the lane packs it before writing it), against
+the bare endpoint's ASGI app (`bench/webhook.py`'s `bare_app`), each under
 valgrind's callgrind. A figure is (the instructions of a warm-up and `--count` requests) minus (the
 warm-up's alone), over `--count`; the ratio is against the bare endpoint counted in the same run.
 What it leaves out is what `bench/webhook_parts.py` and the floor of `bench/webhook.py` measure:
@@ -42,7 +43,8 @@ def _answered_in_process(app: Any) -> None:
     from sectra_client.schemas.info import ApplicationInfo
 
     from sectra_adapter import VERSION_CACHE, StoredResult, normalise_base_url, pending_result_json
-    from workers.redis_lane import LaneScript
+    from workers.redis_lane import LaneScript, encode_command
+    from workers.runstore import CREATE_AND_CLAIM_SCRIPT
 
     state = app.state.bridge
     # Sectra's /info, as if asked once already this hour (`service.sectra_link.cached_callback_headers`).
@@ -50,8 +52,12 @@ def _answered_in_process(app: Any) -> None:
     VERSION_CACHE.get(normalise_base_url(SECTRA_URL, True), lambda: info)
     answer = pending_result_json("slide", "1").replace(b"{", b'{"id":1,"versionId":"v1",', 1)
 
+    claim = LaneScript(CREATE_AND_CLAIM_SCRIPT).sha
+
     async def evalsha(script: LaneScript, keys: Any, args: Any) -> Any:
-        return [1, b"claimed"] if "created" in script.text else 1
+        # Packed as the lane packs a command before it writes it (hiredis, ~1 K instructions an argument).
+        encode_command(("EVALSHA", script.sha, len(keys), *keys, *args))
+        return [1, b"claimed"] if script.sha == claim else 1
 
     async def create_results(base_url: str, token: str, result: Any, *, path: str) -> StoredResult:
         return StoredResult(ResultResponse.model_validate_json(answer), answer.decode())
