@@ -48,7 +48,7 @@ if not written then
 end
 """
     + FIRST_STEP_LUA.format(
-        step_key="KEYS[n + 1]",
+        key="KEYS[n + 1]",
         queue="KEYS[n + 2]",
         current="ARGV[2]",
         due_at="ARGV[3]",

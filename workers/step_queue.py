@@ -157,9 +157,9 @@ class FirstStep:
 
 
 # `queue_first_step`'s writes in a Lua script (the token first): a format whose fields are the
-# script's expressions for `FirstStep.keys` (step_key, queue) and `FirstStep.args` (current, due_at, ttl,
+# script's expressions for `FirstStep.keys` (key, queue) and `FirstStep.args` (current, due_at, ttl,
 # message).
-FIRST_STEP_LUA = CURRENT_STEP_LUA.replace("{key}", "{step_key}") + "redis.call('LPUSH', {queue}, {message})\n"
+FIRST_STEP_LUA = CURRENT_STEP_LUA + "redis.call('LPUSH', {queue}, {message})\n"
 
 
 def first_step(scheduler: StepScheduler, message: StepMessage, run_id: str) -> FirstStep:
