@@ -30,7 +30,7 @@ from workers import case, messages
 from workers.context import PipelineContext
 from workers.errors import Refused, RunCancelled, Service, Transient, classify
 from workers.messages import STAGE_MESSAGES
-from workers.observability import RUNS_FINISHED, STAGE_SECONDS, run_context
+from workers.observability import RUNS_FINISHED, STAGE_SECONDS, redact, run_context
 from workers.runstore import RunNotFound, RunRecord, RunStatus
 from workers.sectra_progress import publisher_for, remember_result
 from workers.stages import deid, fetch, follow, publish, submit, summary, upload
@@ -188,7 +188,9 @@ def _handle_error(ctx: PipelineContext, record: RunRecord, exc: Exception) -> fl
     else:
         log.exception("unexpected failure in stage", extra={"attempt": attempts})
     service = kind.service.value if isinstance(kind, Transient) else "bridge"
-    ctx.store.update(record.run_id, attempts=attempts, error=f"{error_type}: {exc}"[:500])
+    # Masked before it is cut (a cut could leave a credential its pattern no longer finds): the record's
+    # error is read in the admin page and `runs show`, and an exception's text may quote a request.
+    ctx.store.update(record.run_id, attempts=attempts, error=redact(f"{error_type}: {exc}")[:500])
     ctx.store.append_event(
         record.run_id, "step_failed", error_type=error_type, service=service, attempt=attempts
     )
@@ -237,6 +239,9 @@ def _post_final(ctx: PipelineContext, record: RunRecord, message: str, *, cancel
 
 def _fail(ctx: PipelineContext, record: RunRecord, message: str, *, refundable: bool = True) -> None:
     """Fail the run. Its files stay for `runs retry`; the janitor removes the originals after retention."""
+    # The pathologist reads it in Sectra: it may quote Strand's or Sectra's own words, so it is masked
+    # as a log line is.
+    message = redact(message)
     if refundable and record.job_id and record.reused_job is None:
         try:
             _cancel_strand_job(ctx, record)

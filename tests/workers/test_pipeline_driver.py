@@ -282,3 +282,31 @@ def test_a_retried_run_whose_originals_expired_fetches_the_slide_again(harness: 
     assert downloads == downloads_before + 1, "fetched from Sectra again"
     events = [e["event"] for e in harness.ctx.store.events(run_id)]
     assert "prepare_again" in events and "fetch_again" in events
+
+
+def test_words_a_run_keeps_and_shows_are_masked_as_a_log_line_is(harness: Harness) -> None:
+    # A credential in Strand's words reaches the pathologist through the run's message; one in an
+    # exception's text reaches the admin page through the run's error. Neither keeps it.
+    leaked, bearer = "sk-strand-" + uuid.uuid4().hex, "eyJ" + uuid.uuid4().hex
+    harness.add_slide("s-said")
+    harness.strand.fail_next_job(f"worker rejected Authorization: Bearer {bearer}")
+    said = harness.drive(harness.start("s-said"))
+    assert said.status == RunStatus.failed
+    assert said.message == "Strand could not analyse this slide: worker rejected Authorization: Bearer ***"
+    assert said.error == said.message
+    assert bearer not in harness.result_text("s-said")
+
+    harness.add_slide("s-raised")
+
+    def raise_with_the_key(request: httpx.Request) -> httpx.Response | None:
+        if request.url.path.endswith("/estimate"):
+            raise RuntimeError(f"client misconfigured: api_key={leaked} refused")
+        return None
+
+    harness.strand_wire.hook = raise_with_the_key
+    run_id = harness.start("s-raised")
+    while harness.step(run_id) is not None and harness.ctx.store.require(run_id).attempts == 0:
+        pass
+    raised = harness.ctx.store.require(run_id)
+    assert raised.attempts == 1, "the step failed once, at the estimate"
+    assert raised.error == "RuntimeError: client misconfigured: api_key=*** refused"
