@@ -18,7 +18,8 @@ What the lane keeps of a client's duties:
   behind it on that connection (they would answer after it) and drops the connection;
 - a command that failed because the connection broke is sent once more on a new one,
   as redis-py's default retry does; the create path's scripts are written for it (a
-  repeated claim with the same token answers as the first did);
+  repeated claim with the same token answers as the first did, and a repeated record with
+  its first step neither logs the run's creation twice nor queues it twice);
 - Redis's own errors arrive as redis-py's exception classes (`NoScriptError`,
   `ReadOnlyError`, ...), and connection trouble as `redis.ConnectionError` /
   `redis.TimeoutError`, so the service maps them as it maps the blocking client's.

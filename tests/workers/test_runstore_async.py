@@ -131,3 +131,87 @@ def test_the_first_step_follows_a_write_with_no_result_index(
     assert store.require(run_id).pending_result == {"id": 8}
     assert redis_client.lrange(queue, 0, -1) == [b"message-\x00-bytes"]
     assert redis_client.hgetall(f"{queue}:token") == {b"token": b"tok", b"due_at": b"1.5"}
+
+
+class _ReplyDropper:
+    """A TCP proxy to Redis that, on its first connection, lets a script through and drops the
+    connection instead of passing on the script's reply: the script ran, its caller never heard."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._upstream = (host, port)
+        self._connections = 0
+        self.dropped = False
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        self._connections += 1
+        first = self._connections == 1
+        server_reader, server_writer = await asyncio.open_connection(*self._upstream)
+        script_sent = asyncio.Event()
+
+        async def to_server() -> None:
+            while data := await client_reader.read(65536):
+                if first and b"EVALSHA" in data:
+                    script_sent.set()
+                server_writer.write(data)
+                await server_writer.drain()
+
+        async def to_client() -> None:
+            while data := await server_reader.read(65536):
+                if script_sent.is_set():
+                    self.dropped = True
+                    break
+                client_writer.write(data)
+                await client_writer.drain()
+
+        pumps = [asyncio.ensure_future(to_server()), asyncio.ensure_future(to_client())]
+        await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        for pump in pumps:
+            pump.cancel()
+        for writer in (client_writer, server_writer):
+            writer.close()
+
+    async def close(self) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+
+def test_a_record_sent_again_after_its_reply_was_lost_is_written_and_queued_once(
+    store: RunStore, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    run_id, token = _claimed_run(store, "ct-6")
+    queue = f"{key_prefix}-queue"
+    kwargs = store.client.connection_pool.connection_kwargs
+    # Another run's record first, so Redis knows the script and the first send runs it (no NOSCRIPT).
+    other, other_token = _claimed_run(store, "ct-7")
+    assert _complete(store, other, other_token, _queue_one(f"{key_prefix}-other-queue")) == (True, True)
+    events_before = len(store.events(run_id))
+
+    async def main() -> Any:
+        dropper = _ReplyDropper(kwargs.get("host", "localhost"), kwargs.get("port", 6379))
+        port = await dropper.start()
+        through = redis.Redis(
+            host="127.0.0.1", port=port, db=kwargs.get("db", 0),
+            username=kwargs.get("username"), password=kwargs.get("password"),
+        )  # fmt: skip
+        runs = AsyncRunStore(store, RedisLane.like(through))
+        try:
+            answer = await runs.complete_step(
+                run_id, LEASE, token, event="created", event_data={}, then_queue=_queue_one(queue),
+                pending_result={"id": 9},
+            )  # fmt: skip
+            return answer, dropper.dropped
+        finally:
+            await runs.close()
+            await dropper.close()
+
+    answer, dropped = asyncio.run(main())
+    assert dropped, "the proxy never dropped the script's reply: the test tested nothing"
+    assert answer == (True, True)
+    assert redis_client.lrange(queue, 0, -1) == [b"message-\x00-bytes"], "one message, not two"
+    events = [e["event"] for e in store.events(run_id)]
+    assert events[events_before:] == ["created"], "one audit entry, not two"
+    assert store.require(run_id).pending_result == {"id": 9}
