@@ -5,7 +5,8 @@ The names below are the package's public surface; import them from here
 `SectraAdapter` (calls, streaming download, token refresh, one retry layer), `AsyncResultPoster`
 (the webhook's result POST on its event loop),
 `ResultPublisher` (one result per run), the result builders (final, status, hotspot review), the slide gate,
-the callback-URL allow-list, the summary types shared with `workers`, and the errors.
+the callback-URL allow-list, the environment's outbound proxy (`EnvironmentProxies`,
+`proxy_aware_transport`), the summary types shared with `workers`, and the errors.
 """
 
 from sectra_adapter._async_results import AsyncResultPoster, NotSent, StoredResult
@@ -33,6 +34,7 @@ from sectra_adapter._patches import (
 from sectra_adapter._patterns import UnsafePattern, check_pattern
 from sectra_adapter._pool import SectraClientPool
 from sectra_adapter._progress import PublishGuard, ResultPublisher
+from sectra_adapter._proxy import EnvironmentProxies, ProxyRoutedTransport, proxy_aware_transport
 from sectra_adapter._results import (
     body_bytes,
     build_final_result,
@@ -73,6 +75,7 @@ __all__ = [
     "CallbackUrlRefused",
     "DownloadError",
     "DownloadedFile",
+    "EnvironmentProxies",
     "Hotspot",
     "HotspotReview",
     "MarkerOverlay",
@@ -80,6 +83,7 @@ __all__ = [
     "NotSent",
     "Overlay",
     "ProgressCallback",
+    "ProxyRoutedTransport",
     "PublishGuard",
     "Region",
     "ResultPublisher",
@@ -114,6 +118,7 @@ __all__ = [
     "pending_result",
     "pending_result_json",
     "progress_result",
+    "proxy_aware_transport",
     "read_review",
     "region_frames",
     "results_path",

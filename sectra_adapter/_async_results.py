@@ -7,8 +7,9 @@ one prebuilt write on a pooled keep-alive connection and an answer parsed in C
 (`sectra_adapter._http1`), on the web process's event loop.
 
 It does only what the common case needs and hands everything else back:
-`NotSent` means the request certainly did not store anything (it never left, or
-Sectra refused the token: 401), so the caller may send it again through
+`NotSent` means the request certainly did not store anything (it never left, it is to go
+through the environment's proxy, which this client does not speak, or Sectra refused the token:
+401), so the caller may send it again through
 `SectraAdapter`, which retries with backoff, renews the token when client credentials
 are configured, and otherwise says what to configure. Every other outcome is final,
 mapped to the adapter's own errors by the same function (`raise_for_status`): the POST
@@ -29,6 +30,7 @@ from sectra_client.schemas import Result, ResultResponse
 from sectra_adapter._client import ERROR_BODY_BYTES, raise_for_status
 from sectra_adapter._errors import SectraRequestFailed, SectraUnavailable
 from sectra_adapter._http1 import AnswerTooLarge, ConnectFailed, Http1Pool, Origin, RequestBrokeOff
+from sectra_adapter._proxy import EnvironmentProxies
 from sectra_adapter._urls import parse_origin
 
 # A stored result echoes what we sent (a pending result: a few hundred bytes); far more is not Sectra.
@@ -64,7 +66,12 @@ class AsyncResultPoster:
         connections_per_server: int,
         keepalive_seconds: float,
         observe: Callable[[str], None] | None = None,
+        proxies: EnvironmentProxies | None = None,
     ) -> None:
+        # This client speaks no proxy protocol: a request the environment sends through a proxy is
+        # left to the adapter's (`NotSent`), whose transport takes it there.
+        found = proxies if proxies is not None else EnvironmentProxies()
+        self._proxies = found if found else None
         self._pool = Http1Pool(
             ssl_context=ssl_context,
             connect_timeout=min(timeout, 10.0),
@@ -85,6 +92,8 @@ class AsyncResultPoster:
         `base_url` is one `normalise_base_url` made; `token` one `service.parsing` checked (token68);
         `result` a `Result`, or one's JSON already made (`pending_result_json`).
         """
+        if self._proxies is not None and self._proxies.for_url(base_url) is not None:
+            raise NotSent("Sectra is reached through a proxy: the adapter's client sends this")
         origin, prefix = _target(base_url)
         body = result if isinstance(result, bytes) else result.model_dump_json().encode()
         head = (

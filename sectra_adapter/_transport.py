@@ -6,13 +6,16 @@ two to three times curl's wall time just receiving the body: h11 parses every
 `http.client`'s C-buffered file in 1 MiB blocks and keeps pace with curl. So
 the adapter keeps httpx for everything it offers (requests, timeouts, typed
 errors, pluggable transports for tests) and only the wire underneath changes.
-Callers that pass their own `transport` get exactly that one instead.
+Callers that pass their own `transport` get exactly that one instead. Like httpx's own transport,
+it goes through the proxy the environment names for a URL (`sectra_adapter._proxy`).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import unquote, urlsplit
 
 import httpx
 import urllib3
@@ -25,6 +28,8 @@ from urllib3.exceptions import (
     ReadTimeoutError,
     SSLError,
 )
+
+from sectra_adapter._proxy import EnvironmentProxies
 
 READ_BYTES = 1024 * 1024
 
@@ -49,8 +54,23 @@ class Urllib3Transport(httpx.BaseTransport):
     decides retries and refuses redirects); urllib3 only moves bytes.
     """
 
-    def __init__(self, pool_size: int = 10) -> None:
+    def __init__(self, pool_size: int = 10, proxies: EnvironmentProxies | None = None) -> None:
+        self._pool_size = pool_size
         self._pool = urllib3.PoolManager(maxsize=pool_size, block=False)
+        self._proxies = proxies if proxies is not None else EnvironmentProxies()
+        self._via: dict[str, urllib3.ProxyManager] = {}
+        self._lock = threading.Lock()
+
+    def _pool_for(self, url: str) -> urllib3.PoolManager:
+        """The direct pool, or the one through the proxy the environment names for `url`."""
+        proxy = self._proxies.for_url(url) if self._proxies else None
+        if proxy is None:
+            return self._pool
+        with self._lock:
+            pool = self._via.get(proxy)
+            if pool is None:
+                pool = self._via[proxy] = _proxy_manager(proxy, self._pool_size)
+            return pool
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         timeouts = request.extensions.get("timeout", {})
@@ -58,7 +78,7 @@ class Urllib3Transport(httpx.BaseTransport):
         for name, value in request.headers.raw:
             headers.add(name.decode("latin-1"), value.decode("latin-1"))
         with _mapped_errors():
-            response = self._pool.urlopen(
+            response = self._pool_for(str(request.url)).urlopen(
                 request.method,
                 str(request.url),
                 body=request.read() or None,
@@ -81,6 +101,22 @@ class Urllib3Transport(httpx.BaseTransport):
 
     def close(self) -> None:
         self._pool.clear()
+        with self._lock:
+            via, self._via = list(self._via.values()), {}
+        for pool in via:
+            pool.clear()
+
+
+def _proxy_manager(proxy: str, pool_size: int) -> urllib3.ProxyManager:
+    """A urllib3 pool through `proxy`; its user and password (if the URL has them) as Basic auth,
+    which urllib3 does not take from the URL itself (httpx does)."""
+    where = urlsplit(proxy)
+    headers = None
+    if where.username is not None:
+        credentials = f"{unquote(where.username)}:{unquote(where.password or '')}"
+        headers = urllib3.make_headers(proxy_basic_auth=credentials)
+        proxy = where._replace(netloc=where.netloc.rpartition("@")[2]).geturl()
+    return urllib3.ProxyManager(proxy, proxy_headers=headers, maxsize=pool_size, block=False)
 
 
 class _BodyStream(httpx.SyncByteStream):

@@ -18,7 +18,7 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from sectra_adapter import SharedTransport
+from sectra_adapter import SharedTransport, proxy_aware_transport
 from service import health, routes_admin, routes_sectra, ui
 from service.auth import require_admin_token
 from service.errors import install_error_handlers
@@ -62,7 +62,7 @@ def create_app(
             settings.redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
         )
         store = RunStore(owned_redis, retention_seconds=settings.run_retention_days * 86400)
-    owned_transport = httpx.HTTPTransport(limits=_SECTRA_POOL)
+    owned_transport = proxy_aware_transport(_SECTRA_POOL)
     state = ServiceState(
         settings=settings,
         apps=apps if apps is not None else load_apps(settings.apps_file),

@@ -8,10 +8,17 @@ callback URL and token, Sectra. It never prints a secret.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import redis
 
-from sectra_adapter import CallbackUrlRefused, SectraAdapter, SectraError, check_callback_url
+from sectra_adapter import (
+    CallbackUrlRefused,
+    EnvironmentProxies,
+    SectraAdapter,
+    SectraError,
+    check_callback_url,
+)
 from strand_client import Client as StrandClient
 from strand_client import StrandError
 from workers.apps import AppConfig, AppsConfigError, load_apps
@@ -28,6 +35,16 @@ class CheckReport:
 
     def bad(self, text: str) -> None:
         self.problems.append(text)
+
+
+def _route(url: str) -> str:
+    """How calls to `url` leave this pod: directly, or through the environment's proxy (named by its
+    host and port only: a proxy URL may carry a password)."""
+    proxy = EnvironmentProxies().for_url(url)
+    if proxy is None:
+        return "directly"
+    where = urlsplit(proxy)
+    return f"through the proxy at {where.hostname}:{where.port or 80}"
 
 
 def _check_redis(settings: Settings, report: CheckReport) -> None:
@@ -54,7 +71,10 @@ def _check_strand(settings: Settings, apps: dict[str, AppConfig], report: CheckR
     except StrandError as exc:
         report.bad(f"Strand at {settings.strand_base_url} refused or failed: {exc}")
         return
-    report.good(f"Strand answers at {settings.strand_base_url} ({len(offered)} markers offered)")
+    report.good(
+        f"Strand answers at {settings.strand_base_url}, {_route(settings.strand_base_url)} "
+        f"({len(offered)} markers offered)"
+    )
     for app in apps.values():
         missing = [m for m in app.markers if m not in offered]
         if missing:
@@ -75,7 +95,9 @@ def _check_sectra(settings: Settings, url: str, token: str, report: CheckReport)
     except SectraError as exc:
         report.bad(f"Sectra at {url} failed: {exc}")
         return
-    report.good(f"Sectra answers at {url} (IA-API {info.apiVersion}, software {info.softwareVersion})")
+    report.good(
+        f"Sectra answers at {url}, {_route(url)} (IA-API {info.apiVersion}, software {info.softwareVersion})"
+    )
 
 
 def run_check(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import httpx
 from fastapi import Request
 
-from sectra_adapter import SectraClientPool
+from sectra_adapter import SectraClientPool, proxy_aware_transport
 from service.loop_clients import LoopClients
 from workers.apps import AppConfig
 from workers.metering import CountingTransport
@@ -39,7 +39,7 @@ def sectra_client_pool() -> SectraClientPool:
     """Each Sectra server its own bounded connection pool, counted in `bridge_external_calls_total`."""
 
     def own_transport() -> httpx.BaseTransport:
-        return CountingTransport("sectra", httpx.HTTPTransport(limits=SECTRA_SERVER_LIMITS))
+        return CountingTransport("sectra", proxy_aware_transport(SECTRA_SERVER_LIMITS))
 
     return SectraClientPool(own_transport)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import httpx
 import redis
 
+from sectra_adapter import proxy_aware_transport
 from workers.observability import EXTERNAL_CALLS, RUNS_IN_FLIGHT
 
 
@@ -20,7 +21,8 @@ class CountingTransport(httpx.BaseTransport):
 
     def __init__(self, service: str, inner: httpx.BaseTransport | None = None) -> None:
         self._service = service
-        self._inner = inner or httpx.HTTPTransport()
+        # httpx's own, with the environment's proxy (httpx reads it only for a transport it makes).
+        self._inner = inner or proxy_aware_transport()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         try:
