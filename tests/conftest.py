@@ -42,3 +42,12 @@ def _fresh_sectra_versions() -> None:
     from sectra_adapter import VERSION_CACHE
 
     VERSION_CACHE.clear()
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_of_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every client honours HTTP(S)_PROXY / ALL_PROXY / NO_PROXY; a test sets them itself
+    (tests.fixtures.http_proxy), so none inherits the machine's."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
