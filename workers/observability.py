@@ -70,9 +70,11 @@ def redact(text: str) -> str:
     """Mask anything that looks like a credential in one plain string (never in serialised JSON)."""
     if not may_hold_secret(text):
         return text
-    text = _SECRET_PATTERNS[0].sub("sk-strand-***", text)
+    # A credential after its scheme word or its key's name first, the bare Strand key last: a key in a
+    # bearer header is then masked as one credential ("Bearer ***"), not as what is left of it.
     text = _SECRET_PATTERNS[1].sub(lambda m: f"{m.group(1)} ***", text)
-    return _SECRET_PATTERNS[2].sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
+    text = _SECRET_PATTERNS[2].sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
+    return _SECRET_PATTERNS[0].sub("sk-strand-***", text)
 
 
 def redact_value(value: Any) -> Any:

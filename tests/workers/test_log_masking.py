@@ -23,9 +23,9 @@ texts = st.lists(st.one_of(pieces, st.text(max_size=4)), max_size=12).map("".joi
 
 
 def _masked_by_the_patterns(text: str) -> str:
-    text = _SECRET_PATTERNS[0].sub("sk-strand-***", text)
     text = _SECRET_PATTERNS[1].sub(lambda m: f"{m.group(1)} ***", text)
-    return _SECRET_PATTERNS[2].sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
+    text = _SECRET_PATTERNS[2].sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
+    return _SECRET_PATTERNS[0].sub("sk-strand-***", text)
 
 
 @settings(max_examples=2000, deadline=None)
@@ -35,6 +35,13 @@ def test_the_quick_check_misses_nothing_a_pattern_masks(text: str) -> None:
     if masked != text:
         assert may_hold_secret(text)
     assert redact(text) == masked
+
+
+def test_each_credential_is_masked_as_one() -> None:
+    """A Strand key in a bearer header or under a key's name leaves no fragment of itself behind."""
+    assert redact("Authorization: Bearer sk-strand-abc123") == "Authorization: Bearer ***"
+    assert redact("token=sk-strand-xyz, then sk-strand-def") == "token=***, then sk-strand-***"
+    assert redact('{"api_key": "sk-strand-q"}') == '{"api_key": "***"}'
 
 
 def test_a_log_line_with_a_secret_in_any_field_is_masked() -> None:
