@@ -35,7 +35,7 @@ from strand_client._errors import StrandError
 from strand_client._geometry import MapTransform, SlideGeometry, resolve_geometry
 from strand_client._retry import RetryPolicy
 from strand_client._shards import ShardedLayout, array_layout, read_bands, read_window, store_fetcher
-from strand_client._zarr_http import HttpResultsStore, ResultFetcher
+from strand_client._zarr_http import HttpResultsStore, ResultFetcher, as_bytes
 from strand_client._zarr_layout import (
     DatasetRef,
     chunk_keys,
@@ -697,7 +697,8 @@ class JobResults:
 
     def _raw(self, key: str) -> bytes | bytearray | None:
         if key not in self._raw_docs:
-            self._raw_docs[key] = sync(self._fetcher.get(key))
+            body = sync(self._fetcher.get(key))
+            self._raw_docs[key] = None if body is None else as_bytes(body)
         return self._raw_docs[key]
 
     def _doc(self, key: str) -> dict[str, Any] | None:
@@ -717,7 +718,8 @@ class JobResults:
         todo = sorted({key for key in keys if key not in self._raw_docs})
 
         async def fetch_all() -> list[bytes | bytearray | None]:
-            return list(await asyncio.gather(*(self._fetcher.get(key) for key in todo)))
+            bodies = await asyncio.gather(*(self._fetcher.get(key) for key in todo))
+            return [None if body is None else as_bytes(body) for body in bodies]
 
         if todo:
             self._raw_docs.update(zip(todo, sync(fetch_all()), strict=True))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import mmap
 import socket
 import warnings
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
+from zarr.abc.store import RangeByteRequest
 from zarr.core.sync import sync
 
 from strand_client._errors import AuthError, ServerError, StrandConnectionError
@@ -376,6 +378,26 @@ def test_a_server_that_ignores_range_is_sliced_locally() -> None:
     with served(fixture, honour_range=False) as (results, _):
         window = results.open_marker("CD8").read(100, 140, 300, 340)
     assert_same_map(window, fixture.truth["CD8"][100:140, 300:340])
+
+
+def test_long_objects_arrive_whole_in_a_mapping_of_their_own_and_long_documents_still_parse() -> None:
+    """A shard-sized body goes into its own anonymous mapping (returned to the system when dropped, not
+    kept by malloc's heap); every reader of it still gets the served bytes: zarr, a ranged read, and the
+    JSON parser, for a metadata document long enough to take that path too."""
+    fixture = small()
+    files = dict(fixture.files)
+    root = json.loads(files["zarr.json"])
+    root["attributes"]["padding"] = "x" * (2 << 20)
+    files["zarr.json"] = json.dumps(root).encode()
+    blob = np.random.default_rng(7).bytes(3 << 20)
+    files["blob"] = blob
+    with served(files) as (results, _):
+        whole = sync(results._fetcher.get("blob"))
+        assert isinstance(whole, mmap.mmap) and whole[:] == blob
+        part = sync(results._fetcher.get("blob", RangeByteRequest(1 << 20, (2 << 20) + 5)))
+        assert part is not None and bytes(part) == blob[1 << 20 : (2 << 20) + 5]
+        assert_same_map(full(results, "CD8"), fixture.truth["CD8"])
+        assert results.marker_names() == MARKERS
 
 
 def test_busy_answers_are_retried_honouring_retry_after() -> None:
