@@ -46,7 +46,7 @@ from sectra_adapter._transport import SharedTransport, Urllib3Transport
 from sectra_adapter._urls import check_callback_url, normalise_base_url
 from sectra_adapter._versions import VERSION_CACHE, api_version_at_least, version_headers
 
-# The result builders draw (numpy, shapely, Pillow: ~26 MiB of a process's RSS), so they are imported
+# The result builders draw (numpy, shapely, contourpy: ~16 MiB of a process's RSS), so they are imported
 # on first use (PEP 562): a process that only streams slides or posts a pending result does not carry
 # them (bench/download.py's peak RSS). Type checkers read the imports below as they are.
 if TYPE_CHECKING:
