@@ -46,7 +46,7 @@ from sectra_adapter._errors import (
 )
 from sectra_adapter._retry import RETRYABLE_STATUS, Backoff, describe, parse_retry_after
 from sectra_adapter._tokens import ClientCredentials, SectraTokenAuth, TokenEndpointBusy
-from sectra_adapter._transport import Urllib3Transport
+from sectra_adapter._transport import READINTO, Urllib3Transport
 from sectra_adapter._urls import normalise_base_url
 from sectra_adapter._versions import VERSION_CACHE, version_headers
 
@@ -204,7 +204,10 @@ class SectraAdapter:
             try:
                 self._check(response, path, ok=(200,))
                 try:
-                    return write_response(response.headers, response.iter_bytes(), Path(output_dir), progress)
+                    # Straight into reusable buffers where the transport offers it (ours does).
+                    readinto = response.extensions.get(READINTO)
+                    body = readinto if callable(readinto) else response.iter_bytes()
+                    return write_response(response.headers, body, Path(output_dir), progress)
                 except _BODY_BROKE as exc:
                     raise DownloadError(
                         f"truncated body: the connection broke during the download ({type(exc).__name__})",

@@ -3,24 +3,33 @@
 Each file is written as `name.part` and renamed only once complete, so a
 reader never mistakes a half-written slide for a whole one; on any error every
 file of the download (finished or not) is removed, because a partial set of
-DICOM instances is as useless as a partial file.
+DICOM instances is as useless as a partial file. A body that can be read into
+caller-supplied memory (`ReadInto`, what the adapter's urllib3 transport
+offers) is received into a small `BufferPool`, with no new object per read.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
 
-from sectra_adapter._background import BackgroundConsumer
+from sectra_adapter._background import BackgroundConsumer, Lender
+from sectra_adapter._buffers import BufferPool
 from sectra_adapter._errors import DownloadError
 from sectra_adapter._filenames import PART_SUFFIX, NameAllocator, filename_from_disposition
 from sectra_adapter._multipart import MultipartParser
 
 ProgressCallback = Callable[[int, int | None], None]
+# Fills the buffer from the body; the bytes written, 0 at its end. A short fill is read as it is.
+ReadInto = Callable[[memoryview], int]
+RECEIVE_BYTES = 1024 * 1024
+# Receive buffers: one being filled, and one more than each consumer's queue holds, so the network
+# waits for the disk or the hash only when one of them really is behind.
+RECEIVE_BUFFERS = 10
 PROGRESS_STEP = 8 * 1024 * 1024  # report at most every 8 MiB: callers post progress to Sectra
 # O_NOFOLLOW: a symlink planted in the staging directory cannot redirect the write.
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -39,7 +48,7 @@ class DownloadedFile:
 class _OpenFile:
     """The part being written: a `.part` file fed by a writer thread and a hashing thread."""
 
-    def __init__(self, final: Path, content_type: str | None) -> None:
+    def __init__(self, final: Path, content_type: str | None, lender: Lender | None) -> None:
         self.final = final
         self.temp = final.with_name(final.name + PART_SUFFIX)
         self.content_type = content_type
@@ -47,8 +56,8 @@ class _OpenFile:
         self.size = 0
         # 0o600: staged slides may carry patient data until de-identified.
         self._fd = os.open(self.temp, _OPEN_FLAGS, 0o600)
-        self._writer = BackgroundConsumer(self._write_all, name="slide-writer")
-        self._hashing = BackgroundConsumer(self.hasher.update, name="slide-hasher")
+        self._writer = BackgroundConsumer(self._write_all, name="slide-writer", lender=lender)
+        self._hashing = BackgroundConsumer(self.hasher.update, name="slide-hasher", lender=lender)
 
     def write(self, data: memoryview) -> None:
         self._writer.submit(data)
@@ -86,8 +95,9 @@ class _OpenFile:
 class SlideFileWriter:
     """A multipart sink (and single-file writer) that turns parts into `DownloadedFile`s."""
 
-    def __init__(self, output_dir: Path) -> None:
+    def __init__(self, output_dir: Path, lender: Lender | None = None) -> None:
         self._dir = output_dir
+        self._lender = lender
         self._names = NameAllocator()
         self._current: _OpenFile | None = None
         self.files: list[DownloadedFile] = []
@@ -100,7 +110,7 @@ class SlideFileWriter:
         # Defence in depth: sanitising already guarantees a single component.
         if final.parent != self._dir:
             raise DownloadError(f"part {len(self.files) + 1} would be written outside the output directory")
-        self._current = _OpenFile(final, headers.get("content-type"))
+        self._current = _OpenFile(final, headers.get("content-type"), self._lender)
 
     def write(self, data: memoryview) -> None:
         current = self._current
@@ -134,7 +144,7 @@ class SlideFileWriter:
 
 def write_response(
     headers: Mapping[str, str],
-    chunks: Iterable[bytes],
+    body: Iterable[bytes] | ReadInto,
     output_dir: Path,
     progress: ProgressCallback | None = None,
 ) -> list[DownloadedFile]:
@@ -143,10 +153,17 @@ def write_response(
     A multipart body (`multipart/related` from real Sectra for several files,
     `multipart/form-data` from the mock) yields one file per part; any other
     type (`application/octet-stream`) is one file named by the response's
-    `Content-Disposition`. `headers` are the response's; `chunks` its decoded body.
+    `Content-Disposition`. `headers` are the response's; `body` its decoded
+    bytes, as chunks or as a `ReadInto` (no content coding then).
     """
     output_dir.mkdir(parents=True, exist_ok=True)
-    writer = SlideFileWriter(output_dir)
+    if callable(body):
+        pool = BufferPool(RECEIVE_BUFFERS, RECEIVE_BYTES)
+        writer = SlideFileWriter(output_dir, lender=pool)
+        chunks: Iterable[bytes | bytearray] = _pooled_reads(body, pool)
+    else:
+        writer = SlideFileWriter(output_dir)
+        chunks = body
     total = _declared_length(headers)
     try:
         received = _stream(headers, chunks, writer, total, progress)
@@ -158,9 +175,26 @@ def write_response(
     return writer.files
 
 
+def _pooled_reads(readinto: ReadInto, pool: BufferPool) -> Iterator[bytes | bytearray]:
+    """The body as the pool's buffers, each filled by `readinto` and released once the caller moves on.
+
+    A short fill (the body's last read, as a rule) is copied out, so every
+    buffer handed on is whole and no slice of one outlives its hold.
+    """
+    while True:
+        buffer = pool.take()
+        try:
+            filled = readinto(memoryview(buffer))
+            if not filled:
+                return
+            yield buffer if filled == len(buffer) else bytes(memoryview(buffer)[:filled])
+        finally:
+            pool.release(buffer)
+
+
 def _stream(
     headers: Mapping[str, str],
-    chunks: Iterable[bytes],
+    chunks: Iterable[bytes | bytearray],
     writer: SlideFileWriter,
     total: int | None,
     progress: ProgressCallback | None,
@@ -171,13 +205,13 @@ def _stream(
         if not boundary:
             raise DownloadError(f"the {media_type} response has no boundary parameter")
         parser = MultipartParser(boundary, writer)
-        feed: Callable[[bytes], None] = parser.feed
+        feed: Callable[[bytes | bytearray], None] = parser.feed
     else:
         writer.start_part(
             {"content-disposition": headers.get("content-disposition", ""), "content-type": media_type}
         )
 
-        def feed(chunk: bytes) -> None:
+        def feed(chunk: bytes | bytearray) -> None:
             writer.write(memoryview(chunk))
 
     received = reported = 0

@@ -1,7 +1,7 @@
 """A push parser for streamed multipart bodies (`multipart/related`, `multipart/form-data`).
 
 Slides are gigabytes, so the body is never held in memory: each network chunk
-is searched for the delimiter with `bytes.find` (C speed), everything before it
+is searched for the delimiter with the C library's `memmem` (`sectra_adapter._search`), everything before it
 is handed to the sink as a memoryview slice, and only a tail shorter than the
 delimiter is carried to the next chunk. Python never loops over single bytes.
 """
@@ -12,6 +12,7 @@ from enum import Enum, auto
 from typing import Protocol
 
 from sectra_adapter._errors import DownloadError
+from sectra_adapter._search import find
 
 MAX_HEADER_BYTES = 16 * 1024
 _MAX_BOUNDARY_LINE = 1024
@@ -49,7 +50,9 @@ class MultipartParser:
         self._in_part = False
         self.parts = 0
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes | bytearray) -> None:
+        """Parse the next piece of the body; the sink's slices of it are only valid until this returns,
+        unless the sink holds them (the tail kept for the next piece is a copy)."""
         data = self._tail + chunk if self._tail else chunk
         self._tail = b""
         view = memoryview(data)
@@ -57,13 +60,13 @@ class MultipartParser:
         while pos < end or self._state is _State.AFTER_DELIMITER:
             state = self._state
             if state is _State.BODY or state is _State.PREAMBLE:
-                found = data.find(self._delimiter, pos)
+                found = find(data, self._delimiter, pos)
                 if found < 0:
                     # Carry over only a tail that could begin a delimiter split across chunks.
                     keep_from = self._partial_delimiter_start(data, pos)
                     if state is _State.BODY and keep_from > pos:
                         self._sink.write(view[pos:keep_from])
-                    self._tail = data[keep_from:]
+                    self._tail = bytes(data[keep_from:])
                     return
                 if state is _State.BODY and found > pos:
                     self._sink.write(view[pos:found])
@@ -71,7 +74,7 @@ class MultipartParser:
                 self._state = _State.AFTER_DELIMITER
             elif state is _State.AFTER_DELIMITER:
                 if end - pos < 2:
-                    self._tail = data[pos:]
+                    self._tail = bytes(data[pos:])
                     return
                 if data.startswith(b"--", pos):
                     self._close_part()
@@ -81,7 +84,7 @@ class MultipartParser:
                 if line_end < 0:
                     if end - pos > _MAX_BOUNDARY_LINE:
                         raise DownloadError("malformed multipart delimiter line")
-                    self._tail = data[pos:]
+                    self._tail = bytes(data[pos:])
                     return
                 if data[pos:line_end].strip(b" \t"):
                     raise DownloadError("malformed multipart delimiter line")
@@ -97,7 +100,7 @@ class MultipartParser:
                 if header_end < 0:
                     if end - pos > MAX_HEADER_BYTES:
                         raise DownloadError(f"the headers of part {self.parts + 1} are too long")
-                    self._tail = data[pos:]
+                    self._tail = bytes(data[pos:])
                     return
                 self.parts += 1
                 self._sink.start_part(_parse_headers(data[pos:header_end]))
@@ -117,7 +120,7 @@ class MultipartParser:
             f"missing final multipart boundary: the body ended inside part {self.parts}", transient=True
         )
 
-    def _partial_delimiter_start(self, data: bytes, pos: int) -> int:
+    def _partial_delimiter_start(self, data: bytes | bytearray, pos: int) -> int:
         """Where a suffix of `data[pos:]` that is a proper prefix of the delimiter starts (else its end).
 
         Usually no such suffix exists and nothing is carried over, which spares
@@ -137,7 +140,7 @@ class MultipartParser:
             self._sink.end_part()
 
 
-def _parse_headers(block: bytes) -> dict[str, str]:
+def _parse_headers(block: bytes | bytearray) -> dict[str, str]:
     """Part headers as lower-cased names; UTF-8 with replacement, since servers do send raw UTF-8 names."""
     headers: dict[str, str] = {}
     last = ""

@@ -8,10 +8,17 @@ the adapter keeps httpx for everything it offers (requests, timeouts, typed
 errors, pluggable transports for tests) and only the wire underneath changes.
 Callers that pass their own `transport` get exactly that one instead. Like httpx's own transport,
 it goes through the proxy the environment names for a URL (`sectra_adapter._proxy`).
+
+A body with no content coding can also be read into the caller's memory: the
+response's `READINTO` extension (httpx passes a transport's extensions through
+untouched) is a `readinto(buffer) -> int` straight from `http.client`'s
+buffered socket file, which the slide download fills its reusable buffers
+with (`sectra_adapter._buffers`) instead of taking a new object per read.
 """
 
 from __future__ import annotations
 
+import http.client
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +39,7 @@ from urllib3.exceptions import (
 from sectra_adapter._proxy import EnvironmentProxies
 
 READ_BYTES = 1024 * 1024
+READINTO = "sectra_adapter.readinto"  # response extension: fill a buffer from the raw body
 
 
 class SharedTransport(httpx.BaseTransport):
@@ -89,14 +97,15 @@ class Urllib3Transport(httpx.BaseTransport):
                 decode_content=False,
                 timeout=urllib3.Timeout(connect=timeouts.get("connect"), read=timeouts.get("read")),
             )
+        stream = _BodyStream(response)
+        extensions: dict[str, object] = {
+            "http_version": b"HTTP/1.1",
+            "reason_phrase": (response.reason or "").encode("latin-1"),
+        }
+        if stream.can_readinto():
+            extensions[READINTO] = stream.readinto
         return httpx.Response(
-            response.status,
-            headers=list(response.headers.iteritems()),
-            stream=_BodyStream(response),
-            extensions={
-                "http_version": b"HTTP/1.1",
-                "reason_phrase": (response.reason or "").encode("latin-1"),
-            },
+            response.status, headers=list(response.headers.iteritems()), stream=stream, extensions=extensions
         )
 
     def close(self) -> None:
@@ -120,9 +129,39 @@ def _proxy_manager(proxy: str, pool_size: int) -> urllib3.ProxyManager:
 
 
 class _BodyStream(httpx.SyncByteStream):
+    """The body as chunks (httpx's way) or, with no content coding, read into the caller's buffers."""
+
     def __init__(self, response: urllib3.BaseHTTPResponse) -> None:
         self._response = response
         self._complete = False
+        self._received = 0
+        # urllib3 keeps `http.client`'s response private; without it, only chunks are offered.
+        raw = getattr(response, "_fp", None)
+        self._raw = raw if isinstance(raw, http.client.HTTPResponse) else None
+        length = response.headers.get("content-length")
+        self._length = int(length) if length is not None and length.isdigit() else None
+
+    def can_readinto(self) -> bool:
+        coding = self._response.headers.get("content-encoding", "identity").strip().lower()
+        return self._raw is not None and coding == "identity"
+
+    def readinto(self, buffer: memoryview) -> int:
+        """Fill `buffer` from the body (wholly, except at its end); 0 once the body is complete.
+
+        As urllib3 does for its own reads, a body that ends before its
+        Content-Length is an error, not a quiet end.
+        """
+        assert self._raw is not None
+        with _mapped_errors():
+            filled = self._raw.readinto(buffer)
+        self._received += filled
+        if not filled and len(buffer):
+            if self._length is not None and self._received < self._length:
+                raise httpx.RemoteProtocolError(
+                    f"the body ended after {self._received} of {self._length} bytes"
+                )
+            self._complete = True
+        return filled
 
     def __iter__(self) -> Iterator[bytes]:
         with _mapped_errors():
@@ -151,9 +190,9 @@ def _mapped_errors() -> Iterator[None]:
         raise httpx.ConnectError(str(exc)) from exc
     except ConnectTimeoutError as exc:
         raise httpx.ConnectTimeout(str(exc)) from exc
-    except ReadTimeoutError as exc:
+    except (ReadTimeoutError, TimeoutError) as exc:  # TimeoutError: a read straight from the socket
         raise httpx.ReadTimeout(str(exc)) from exc
     except EmptyPoolError as exc:
         raise httpx.PoolTimeout(str(exc)) from exc
-    except (ProtocolError, HTTPError, OSError) as exc:
+    except (ProtocolError, HTTPError, http.client.HTTPException, OSError) as exc:
         raise httpx.RemoteProtocolError(str(exc)) from exc

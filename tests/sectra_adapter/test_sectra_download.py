@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +20,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from sectra_client.mock_server import MockSectraServer
 
+from sectra_adapter import _download
+from sectra_adapter._buffers import BufferPool
 from sectra_adapter._client import SectraAdapter
 from sectra_adapter._errors import DownloadError, SectraAuthError, SectraRequestFailed
 
@@ -141,6 +147,66 @@ def test_multipart_related_several_dicom_files(serve_asgi: Callable[..., str], t
     assert all(f.content_type == "application/dicom" for f in files)
 
 
+class CountingPool(BufferPool):
+    """The download's buffer pool, counting how often a buffer was handed out."""
+
+    made: list[CountingPool] = []
+
+    def __init__(self, count: int, size: int) -> None:
+        super().__init__(count, size)
+        self.takes = 0
+        CountingPool.made.append(self)
+
+    def take(self) -> bytearray:
+        self.takes += 1
+        return super().take()
+
+
+def test_reused_receive_buffers_never_change_bytes_still_being_written(
+    serve_asgi: Callable[..., str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three 64 KiB buffers for 9 MiB of parts that start and end anywhere in them: each buffer is
+    refilled ~50 times while the writer and the hasher may still hold it, so a buffer handed out
+    again too early would show up in a file's bytes or its hash (checked against hashlib on the source)."""
+    monkeypatch.setattr(_download, "RECEIVE_BYTES", 64 * 1024)
+    monkeypatch.setattr(_download, "RECEIVE_BUFFERS", 3)
+    monkeypatch.setattr(_download, "BufferPool", CountingPool)
+    CountingPool.made.clear()
+    sizes = [3 * 1024 * 1024 + 7, 1, 0, 65_536, 2 * 1024 * 1024 - 3, 777_777, 3 * 1024 * 1024]
+    instances = [
+        (f'attachment; filename="i{n}.dcm"'.encode(), os.urandom(size)) for n, size in enumerate(sizes)
+    ]
+    body = multipart(instances)
+    url = serve_asgi(files_app(lambda: Response(body, media_type=f"multipart/related; boundary={BOUNDARY}")))
+    with SectraAdapter(url, "t", allow_http=True) as sectra:
+        files = sectra.download_slide("s", tmp_path)
+    assert [f.path.read_bytes() == c for f, (_, c) in zip(files, instances, strict=True)] == [True] * len(
+        sizes
+    )
+    assert [f.sha256 for f in files] == [sha(c) for _, c in instances]
+    [pool] = CountingPool.made  # the default transport's body went through the pool
+    assert pool.takes > len(body) // (64 * 1024)
+
+
+def test_a_compressed_body_is_decoded_and_written_whole(
+    serve_asgi: Callable[..., str], tmp_path: Path
+) -> None:
+    """A content coding leaves the pool aside: the transport offers raw reads only for identity bodies."""
+    content = os.urandom(300_000) + b"\x00" * 3_000_000
+    url = serve_asgi(
+        files_app(
+            lambda: Response(
+                gzip.compress(content),
+                media_type="application/octet-stream",
+                headers={"Content-Encoding": "gzip", "Content-Disposition": 'attachment; filename="z.svs"'},
+            )
+        )
+    )
+    with SectraAdapter(url, "t", allow_http=True) as sectra:
+        [downloaded] = sectra.download_slide("s", tmp_path)
+    assert (downloaded.size, downloaded.sha256) == (len(content), sha(content))
+
+
 def test_hostile_filenames_stay_inside_the_output_directory(
     serve_asgi: Callable[..., str], tmp_path: Path
 ) -> None:
@@ -254,6 +320,41 @@ def test_a_download_that_broke_off_succeeds_on_retry(
         [downloaded] = sectra.download_slide("s", tmp_path)
     assert downloaded.sha256 == sha(content) and len(sleeps) == 1
     assert listing(tmp_path) == ["cut.svs"]
+
+
+def test_a_body_that_stalls_is_a_read_timeout_and_retried(tmp_path: Path, sleeps: list[float]) -> None:
+    """Bytes stop arriving mid-body, the connection stays open: each wait is bounded by the timeout."""
+    release = threading.Event()
+    connections: list[socket.socket] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while not release.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            connections.append(conn)
+            conn.recv(65536)
+            conn.sendall(_head(5_000_000) + b"s" * 100_000)  # and then nothing, until the test ends
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        sectra = SectraAdapter(url, "t", allow_http=True, timeout=0.5, max_retries=1, sleep=sleeps)
+        with sectra, pytest.raises(DownloadError, match=r"truncated body.*ReadTimeout") as failed:
+            sectra.download_slide("s", tmp_path)
+    finally:
+        release.set()
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() (close alone does not, on Linux)
+        listener.close()
+        for conn in connections:
+            conn.close()
+        server.join(timeout=10)
+    assert failed.value.transient and len(connections) == 2 and len(sleeps) == 1
+    assert listing(tmp_path) == []
 
 
 def test_server_errors_before_the_body_are_retried(

@@ -86,6 +86,30 @@ def test_random_chunking_of_a_large_body() -> None:
     assert [bytes(c) for _, c in sink.parts] == [content for _, content in parts]
 
 
+def test_a_reused_buffer_may_be_overwritten_as_soon_as_feed_returns() -> None:
+    """The download refills one buffer after another: the parser keeps no view of a fed chunk.
+
+    Every chunk ends inside a delimiter, so the parser must carry a tail over
+    each time, and the buffer is scribbled on right after each `feed`.
+    """
+    rng = random.Random(11)
+    parts = [(f"f{i}.dcm", os.urandom(rng.randrange(70_000, 200_000))) for i in range(5)]
+    data = body(parts)
+    delimiter = f"\r\n--{BOUNDARY}".encode()
+    cuts = [at + 7 for at in range(len(data)) if data.startswith(delimiter, at)] + [len(data)]
+    sink = Collect()
+    parser = MultipartParser(BOUNDARY, sink)
+    start = 0
+    for cut in cuts:
+        buffer = bytearray(data[start:cut])  # above the size where the C library's search takes over
+        parser.feed(buffer)
+        buffer[:] = b"\r" * len(buffer)  # what the next read may leave there
+        start = cut
+    parser.finish()
+    assert len(cuts) == len(parts) + 1
+    assert [bytes(c) for _, c in sink.parts] == [content for _, content in parts]
+
+
 def test_transport_padding_and_empty_header_block_are_accepted() -> None:
     data = f"--{BOUNDARY}  \t\r\n\r\nplain\r\n--{BOUNDARY}--".encode()
     sink = parse(data, [3])
