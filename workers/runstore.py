@@ -339,6 +339,10 @@ return {1}
 # One script for every field write, so a checkpoint, its audit entry and the release of the step's
 # lease land together or not at all. A function of its keys (K) and arguments (A), so a script that does
 # more after it (`workers.runstore_async`: the run's first step) runs the very same write.
+# A step's completion carries its claim's token, fresh for every claim, and the record keeps the last one
+# (`completed_by`, JSON like every field): a completion sent again after its reply was lost (the lane
+# resends once when its connection breaks, redis-py retries) answers as the first did, without a second
+# audit entry.
 # K: record, events, lease[, result index].
 # A: ttl, run_id, return record (1/0), lease token ('' = none), event ('' = none), ts, data, maxlen,
 #    field/value...
@@ -346,6 +350,16 @@ WRITE_FUNCTION = """
 local function write(K, A)
   if redis.call('EXISTS', K[1]) == 0 then
     return false
+  end
+  if A[4] ~= '' then
+    local completion = '"' .. A[4] .. '"'
+    if redis.call('HGET', K[1], 'completed_by') == completion then
+      if A[3] == '1' then
+        return redis.call('HGETALL', K[1])
+      end
+      return 1
+    end
+    redis.call('HSET', K[1], 'completed_by', completion)
   end
   redis.call('HSET', K[1], unpack(A, 9))
   redis.call('EXPIRE', K[1], A[1])

@@ -179,11 +179,13 @@ class _ReplyDropper:
         await self._server.wait_closed()
 
 
+@pytest.mark.parametrize("queued_here", [True, False], ids=["queued-in-the-write", "queue-elsewhere"])
 def test_a_record_sent_again_after_its_reply_was_lost_is_written_and_queued_once(
-    store: RunStore, redis_client: redis.Redis, key_prefix: str
+    store: RunStore, redis_client: redis.Redis, key_prefix: str, queued_here: bool
 ) -> None:
     run_id, token = _claimed_run(store, "ct-6")
     queue = f"{key_prefix}-queue"
+    then_queue = _queue_one(queue) if queued_here else None
     kwargs = store.client.connection_pool.connection_kwargs
     # Another run's record first, so Redis knows the script and the first send runs it (no NOSCRIPT).
     other, other_token = _claimed_run(store, "ct-7")
@@ -200,7 +202,7 @@ def test_a_record_sent_again_after_its_reply_was_lost_is_written_and_queued_once
         runs = AsyncRunStore(store, RedisLane.like(through))
         try:
             answer = await runs.complete_step(
-                run_id, LEASE, token, event="created", event_data={}, then_queue=_queue_one(queue),
+                run_id, LEASE, token, event="created", event_data={}, then_queue=then_queue,
                 pending_result={"id": 9},
             )  # fmt: skip
             return answer, dropper.dropped
@@ -210,8 +212,29 @@ def test_a_record_sent_again_after_its_reply_was_lost_is_written_and_queued_once
 
     answer, dropped = asyncio.run(main())
     assert dropped, "the proxy never dropped the script's reply: the test tested nothing"
-    assert answer == (True, True)
-    assert redis_client.lrange(queue, 0, -1) == [b"message-\x00-bytes"], "one message, not two"
+    assert answer == (True, queued_here)
+    expected_queue = [b"message-\x00-bytes"] if queued_here else []
+    assert redis_client.lrange(queue, 0, -1) == expected_queue, "one message, not two"
     events = [e["event"] for e in store.events(run_id)]
     assert events[events_before:] == ["created"], "one audit entry, not two"
     assert store.require(run_id).pending_result == {"id": 9}
+
+
+def test_a_completion_sent_twice_with_its_claims_token_is_recorded_once(store: RunStore) -> None:
+    """What a client retrying a write whose reply it lost does (redis-py's retries, the lane's resend)."""
+    run_id, token = _claimed_run(store, "ct-8")
+    before = len(store.events(run_id))
+    for _ in range(2):
+        assert store.complete_step(
+            run_id, LEASE, token, event="created", event_data={"n": 1}, pending_result={"id": 3}
+        )
+    assert [e["event"] for e in store.events(run_id)][before:] == ["created"]
+    assert store.require(run_id).pending_result == {"id": 3}
+    # A later claim of another step completes with its own token and is recorded.
+    claim = store.claim_step(run_id, "upload", ttl_seconds=60, done_field="upload_id")
+    assert claim.outcome == "claimed" and claim.token
+    assert store.complete_step(
+        run_id, "upload", claim.token, event="uploaded", event_data={}, upload_id="u-1"
+    )
+    assert [e["event"] for e in store.events(run_id)][before:] == ["created", "uploaded"]
+    assert store.require(run_id).upload_id == "u-1"
