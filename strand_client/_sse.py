@@ -30,6 +30,11 @@ log = logging.getLogger("strand_client")
 # Three missed 15 s heartbeats: the connection is dead even if TCP has not noticed.
 HEARTBEAT_READ_TIMEOUT = 45.0
 
+# How far past its deadline a wait may run rather than reconnect: every line (a 15 s heartbeat too)
+# restarts the read timer, so without reconnecting a wait could end one heartbeat late. A
+# connection younger than this is kept, so a slow first answer never makes a reconnect loop.
+_DEADLINE_SLACK = 2.0
+
 # Outcomes that no reconnect will change.
 _FINAL_ERRORS = (JobTimeoutError, AuthError, NotFoundError, PermissionDeniedError)
 
@@ -89,44 +94,60 @@ def follow_events(
     try:
         for attempt in retrying:
             with attempt:
-                check_deadline()
-                read_timeout = HEARTBEAT_READ_TIMEOUT
-                if deadline is not None:
-                    read_timeout = max(0.05, min(read_timeout, deadline - time.monotonic()))
-                try:
-                    with http.stream(f"/jobs/{job_id}/stream", read_timeout=read_timeout) as response:
-                        content_type = response.headers.get("content-type", "").split(";")[0].strip()
-                        if content_type != "text/event-stream":
-                            raise StrandError(
-                                f"Job stream answered {content_type or 'no content type'}, not SSE"
-                            )
-                        for data in iter_data(response.iter_lines(), check_deadline):
-                            event = _parse(data)
-                            if event is None:
-                                continue
-                            drops = 0
-                            key = (event.status, event.progress)
-                            if key == last:
-                                continue  # a reconnect replays the current snapshot
-                            last = key
-                            yield event
-                            if event.is_terminal:
-                                return
-                    reason = "stream ended before a terminal status"
-                except _FINAL_ERRORS:
-                    raise
-                except StrandError as exc:
-                    # A read timeout at the deadline is the deadline, not a dropped stream.
+                while True:
                     check_deadline()
-                    reason = f"{type(exc).__name__}: {exc.message}"
-                drops += 1
-                raise _Dropped(reason)
+                    read_timeout = HEARTBEAT_READ_TIMEOUT
+                    if deadline is not None:
+                        read_timeout = max(0.05, min(read_timeout, deadline - time.monotonic()))
+                    # A read may wait `read_timeout` after the last line, heartbeat or not; once that
+                    # would end past the deadline, reconnect with a read timeout that ends at it.
+                    reopen_at = None if deadline is None else deadline - read_timeout + _DEADLINE_SLACK
+
+                    def on_line(reopen_at: float | None = reopen_at) -> None:
+                        check_deadline()
+                        if reopen_at is not None and time.monotonic() > reopen_at:
+                            raise _Reopen
+
+                    try:
+                        with http.stream(f"/jobs/{job_id}/stream", read_timeout=read_timeout) as response:
+                            content_type = response.headers.get("content-type", "").split(";")[0].strip()
+                            if content_type != "text/event-stream":
+                                raise StrandError(
+                                    f"Job stream answered {content_type or 'no content type'}, not SSE"
+                                )
+                            for data in iter_data(response.iter_lines(), on_line):
+                                event = _parse(data)
+                                if event is None:
+                                    continue
+                                drops = 0
+                                key = (event.status, event.progress)
+                                if key == last:
+                                    continue  # a reconnect replays the current snapshot
+                                last = key
+                                yield event
+                                if event.is_terminal:
+                                    return
+                        reason = "stream ended before a terminal status"
+                    except _Reopen:
+                        continue
+                    except _FINAL_ERRORS:
+                        raise
+                    except StrandError as exc:
+                        # A read timeout at the deadline is the deadline, not a dropped stream.
+                        check_deadline()
+                        reason = f"{type(exc).__name__}: {exc.message}"
+                    drops += 1
+                    raise _Dropped(reason)
     except _Dropped as exc:
         raise StrandConnectionError(f"Job stream for {job_id} keeps dropping ({exc})") from exc
 
 
 class _Dropped(Exception):
     """The stream ended or broke before a terminal snapshot: reconnect."""
+
+
+class _Reopen(Exception):
+    """The stream's read timeout now reaches past the deadline: reconnect with a shorter one, at once."""
 
 
 def _parse(data: str) -> JobEvent | None:

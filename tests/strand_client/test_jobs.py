@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
@@ -109,6 +110,21 @@ def test_wait_slice_returns_the_latest_status_without_raising(
     assert (status.status, status.progress) == ("running", 0.5)
     fake.advance(job.id, "failed", error_message="GPU lost")
     assert job.wait_slice(5).status == "failed"
+
+
+def test_a_wait_slice_ends_at_its_deadline_though_heartbeats_restart_the_read_timer(
+    client: Client, fake: FakeStrandServer, upload_id: str
+) -> None:
+    """Every line on the stream restarts its read timer: without reconnecting, a 3 s slice met by a
+    heartbeat at 2.5 s would wait for the next one and end at 5 s, one heartbeat late."""
+    fake.options.job_duration = None
+    fake.options.heartbeat_interval = 2.5
+    job = client.predict.submit(upload_id, ["CD8"])
+    started = time.monotonic()
+    status = job.wait_slice(3.0)
+    elapsed = time.monotonic() - started
+    assert status.status == "queued"
+    assert 3.0 <= elapsed < 4.0, f"the slice took {elapsed:.2f} s"
 
 
 def test_failed_job_raises_with_the_platform_message(
