@@ -342,7 +342,7 @@ return {1}
 # A step's completion carries its claim's token, fresh for every claim, and the record keeps the last one
 # (`completed_by`, JSON like every field): a completion sent again after its reply was lost (the lane
 # resends once when its connection breaks, redis-py retries) answers as the first did, without a second
-# audit entry.
+# audit entry, and says so in a second value (`again`) for a script that does more after it.
 # K: record, events, lease[, result index].
 # A: ttl, run_id, return record (1/0), lease token ('' = none), event ('' = none), ts, data, maxlen,
 #    field/value...
@@ -355,9 +355,9 @@ local function write(K, A)
     local completion = '"' .. A[4] .. '"'
     if redis.call('HGET', K[1], 'completed_by') == completion then
       if A[3] == '1' then
-        return redis.call('HGETALL', K[1])
+        return redis.call('HGETALL', K[1]), true
       end
-      return 1
+      return 1, true
     end
     redis.call('HSET', K[1], 'completed_by', completion)
   end
@@ -380,7 +380,7 @@ local function write(K, A)
   return 1
 end
 """
-WRITE_SCRIPT = WRITE_FUNCTION + "return write(KEYS, ARGV)\n"
+WRITE_SCRIPT = WRITE_FUNCTION + "local written = write(KEYS, ARGV)\nreturn written\n"
 
 # KEYS: record, events. ARGV: ttl, maxlen, ts, event, data.
 _APPEND = """

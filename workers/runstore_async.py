@@ -36,25 +36,18 @@ _WRITE = LaneScript(WRITE_SCRIPT)
 # step's values come first, so the write's own arguments are the rest as they are; its keys are
 # declared in KEYS too, as Redis asks of every key a script touches. Each argument costs its packing
 # and Redis its parsing, so the step's writes are in the script's text, not sent as command words.
-# The step's token is fresh for every call, so a step key already holding it means this very script
-# ran: sent again after its reply was lost (the lane resends once when its connection breaks), it
-# answers as the first run did, without a second audit entry or a second message.
+# Sent again after its reply was lost (the lane resends once when its connection breaks), the write
+# knows it (`again`: its claim's token is already recorded) and answers as the first did; the step is
+# then not queued a second time either.
 # KEYS: the write's keys (3 or 4), then the step's key and the queue.
-# ARGV: the write's key count, the step's token, due time, TTL and message, then the write's arguments
-# (the eighth: return the record, 1/0).
+# ARGV: the write's key count, the step's token, due time, TTL and message, then the write's arguments.
 _WRITE_THEN_QUEUE = LaneScript(
     WRITE_FUNCTION
     + """
 local n = tonumber(ARGV[1])
-if redis.call('HGET', KEYS[n + 1], 'token') == ARGV[2] and redis.call('EXISTS', KEYS[1]) == 1 then
-  if ARGV[8] == '1' then
-    return redis.call('HGETALL', KEYS[1])
-  end
-  return 1
-end
-local written = write({unpack(KEYS, 1, n)}, {unpack(ARGV, 6)})
-if not written then
-  return false
+local written, again = write({unpack(KEYS, 1, n)}, {unpack(ARGV, 6)})
+if not written or again then
+  return written
 end
 """
     + FIRST_STEP_LUA.format(
