@@ -15,13 +15,21 @@ against curl (each round pairs runs made seconds apart, curl first in odd rounds
 and last in even ones), so it holds on a busy machine too. The CPU of a
 SHA-256 over the same bytes is printed alongside: ours hashes every byte (the
 staged file's identity) and curl does not, so that, with the mock server on the
-same cores, is most of the gap a CPU-bound machine shows. `--with-httpx` adds the same adapter on
+same cores, is the gap a CPU-bound machine shows (without the digest, ours is
+faster than curl: `--digest-rows`). A second baseline
+does the same work as ours: `curl -o`, then OpenSSL's SHA-256 of the file it
+wrote (`openssl dgst -sha256`), timed together.
+
+`--digest-rows` adds two diagnostic rows of ours with its digest swapped out
+in the child (the product always hashes with SHA-256): with none, which is the
+transfer's own speed, and with BLAKE3 when the `blake3` module is installed,
+to show what a faster digest would buy. `--with-httpx` adds the same adapter on
 httpx's own transport, to show why the adapter defaults to its urllib3
 transport; `--with-upstream` adds `sectra_client`'s
 `SectraClient.download_slide_files` (it holds the whole body: ~4 GB for 1 GiB).
 
-    .venv/bin/python bench/download.py [--size-mib 1024] [--rounds 5] [--with-httpx] [--with-upstream]
-        [--python-env NAME=VALUE ...]
+    .venv/bin/python bench/download.py [--size-mib 1024] [--rounds 5] [--digest-rows] [--with-httpx]
+        [--with-upstream] [--python-env NAME=VALUE ...]
 
 Targets (issue #15): median throughput >= 0.9 x curl; peak RSS < 64 MiB.
 """
@@ -31,6 +39,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import resource
@@ -60,6 +69,24 @@ def hwm_kib():
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
+
+if mode in ("ours-nodigest", "ours-blake3"):  # diagnostics only: the product hashes with SHA-256
+    import types
+    import sectra_adapter._download as download_module
+
+    class NoDigest:
+        def update(self, data):
+            pass
+
+        def hexdigest(self):
+            return ""
+
+    if mode == "ours-blake3":
+        import blake3
+        make = blake3.blake3
+    else:
+        make = NoDigest
+    download_module.hashlib = types.SimpleNamespace(sha256=make)
 
 if mode == "upstream":
     import sectra_client.client as upstream
@@ -116,7 +143,8 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def run_curl(url: str, out: Path) -> dict[str, float]:
+def run_curl(url: str, out: Path, *, with_digest: bool = False) -> dict[str, float]:
+    """`curl -o` (the raw multipart body); `with_digest`: then `openssl dgst -sha256` of it, timed as one."""
     out.mkdir(parents=True, exist_ok=True)
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(
@@ -144,7 +172,13 @@ def run_curl(url: str, out: Path) -> dict[str, float]:
     seconds = float(proc.stdout.read())
     if proc.returncode:
         raise SystemExit(f"curl failed with exit code {proc.returncode}")
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # curl alone: reaped by poll() above
+    if with_digest:  # the same work as ours: the file, then its SHA-256 (OpenSSL's)
+        start = time.perf_counter()
+        subprocess.run(
+            ["openssl", "dgst", "-sha256", "-r", str(out / "body")], capture_output=True, check=True
+        )
+        seconds += time.perf_counter() - start
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # curl (and openssl) alone: both reaped
     cpu = (children.ru_utime - children_before.ru_utime) + (children.ru_stime - children_before.ru_stime)
     return {
         "seconds": seconds,
@@ -185,6 +219,7 @@ def main() -> None:
     )
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--digest-rows", action="store_true")
     parser.add_argument("--with-httpx", action="store_true")
     parser.add_argument("--with-upstream", action="store_true")
     parser.add_argument(
@@ -204,7 +239,13 @@ def main() -> None:
         source = work / "slide.svs"
         expected = make_slide(source, size)
         server = MockSectraServer(token=TOKEN, slide_files={SLIDE: source})
-        results: dict[str, list[dict[str, float]]] = {"curl": [], "ours": []}
+        results: dict[str, list[dict[str, float]]] = {"curl": [], "curl+sha256": [], "ours": []}
+        if args.digest_rows:
+            results["ours-nodigest"] = []
+            if importlib.util.find_spec("blake3") is not None:
+                results["ours-blake3"] = []
+            else:
+                print("(no blake3 module here: the BLAKE3 row is left out)", file=report)
         if args.with_httpx:
             results["ours-httpx"] = []
         if args.with_upstream:
@@ -220,13 +261,15 @@ def main() -> None:
                         out = work / f"{name}-{round_no}"
                         if name == "curl":
                             figures = run_curl(server.url, out)
+                        elif name == "curl+sha256":
+                            figures = run_curl(server.url, out, with_digest=True)
                         else:
                             figures = run_python(name, server.url, out, expected, extra_env)
                         shutil.rmtree(out, ignore_errors=True)
                         if round_no == 0:
                             continue
                         results[name].append(figures)
-                        print(f"round {round_no} {name:10s} {figures['seconds']:.2f} s", file=report)
+                        print(f"round {round_no} {name:13s} {figures['seconds']:.2f} s", file=report)
             finally:
                 server.stop()
 
@@ -242,10 +285,10 @@ def main() -> None:
     for name, runs in results.items():
         peak = max(r["rss_peak_mib"] for r in runs)
         growth = max(r["rss_growth_mib"] for r in runs)
-        growth_text = "" if name == "curl" else f", RSS growth {growth:.1f} MiB"
+        growth_text = "" if name.startswith("curl") else f", RSS growth {growth:.1f} MiB"
         cpu = statistics.median(r["cpu_seconds"] for r in runs)
         print(
-            f"  {name:10s} {median[name]:.2f} s = {args.size_mib / median[name]:.0f} MiB/s, "
+            f"  {name:13s} {median[name]:.2f} s = {args.size_mib / median[name]:.0f} MiB/s, "
             f"throughput {paired[name]:.2f} x curl (median of per-round ratios), CPU {cpu:.2f} s, "
             f"peak RSS {peak:.1f} MiB{growth_text}",
             file=report,
@@ -255,6 +298,13 @@ def main() -> None:
     print(
         f"  SHA-256 of {args.size_mib} MiB alone (in memory, this process): {hash_cpu:.2f} s CPU "
         "(done by ours, not by curl)",
+        file=report,
+    )
+    same_work = statistics.median(
+        c["seconds"] / r["seconds"] for c, r in zip(results["curl+sha256"], results["ours"], strict=True)
+    )
+    print(
+        f"  ours against the same work (curl, then OpenSSL's SHA-256 of its file): {same_work:.2f} x",
         file=report,
     )
     ours_peak = max(r["rss_peak_mib"] for r in results["ours"])
