@@ -172,7 +172,7 @@ def main() -> None:
     print(
         f"work dir with {args.runs} runs waiting: {disk / MiB:.1f} MiB = "
         f"{disk / args.runs / slide_mean:.2f} x the slide size per waiting run "
-        f"(slides {slide_mean / MiB:.2f} MiB; the files stay until completion)"
+        f"(slides {slide_mean / MiB:.2f} MiB; released once Strand holds the upload)"
     )
     if args.json:
         n = args.runs

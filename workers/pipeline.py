@@ -31,6 +31,7 @@ from workers.context import PipelineContext
 from workers.errors import Refused, RunCancelled, Service, Transient, classify
 from workers.messages import STAGE_MESSAGES
 from workers.observability import RUNS_FINISHED, STAGE_SECONDS, redact, run_context
+from workers.render import keep_slide_thumbnail
 from workers.runstore import RunNotFound, RunRecord, RunStatus
 from workers.sectra_progress import publisher_for, remember_result
 from workers.stages import deid, fetch, follow, publish, submit, summary, upload
@@ -119,6 +120,8 @@ def _step(ctx: PipelineContext, record: RunRecord) -> float | None:
         STAGE_SECONDS.labels(stage=record.status.value).observe(time.monotonic() - started)
     if next_status == RunStatus.completed:
         ctx.staging.remove(record.run_id)  # before the run reads completed: no slide file outlives it
+    elif next_status == RunStatus.submitting:
+        _release_slide(ctx, record)
     ctx.store.transition(
         record.run_id, next_status, attempts=0, error=None, message=STAGE_MESSAGES[next_status]
     )
@@ -150,6 +153,21 @@ def _ensure_originals(ctx: PipelineContext, record: RunRecord) -> RunRecord:
     ctx.store.append_event(record.run_id, "fetch_again", reason="slide not on this pod")
     fetch.run(ctx, record)
     return ctx.store.require(record.run_id)
+
+
+def _release_slide(ctx: PipelineContext, record: RunRecord) -> None:
+    """Remove the run's slide files from this pod as soon as Strand holds its complete upload.
+
+    Nothing later reads them: submitting and waiting talk to Strand, the summary reads Strand's
+    results, a retry resumes at its checkpoint, and publish draws on the thumbnail kept here
+    first. So a run waiting for Strand (behind the organisation's cap, or a long job) holds no
+    disk, and a pod's work volume is bounded by its slots, not by its backlog. A run that does
+    need the copy again (its upload lost before it completed) fetches and de-identifies again, as
+    a run resumed on another pod does.
+    """
+    keep_slide_thumbnail(ctx, record)
+    if ctx.staging.remove(record.run_id):
+        ctx.store.append_event(record.run_id, "slide_files_released")
 
 
 def _wait(ctx: PipelineContext, record: RunRecord) -> float | None:

@@ -163,9 +163,10 @@ def store_thumbnail(
     Called at publish, after Sectra holds the result: a picture that cannot be drawn is logged and
     skipped, never a reason to fail the run. No download here. The slide's own thumbnail (the
     de-identified copy's tissue, no label) is kept for the same two days under a digest of the
-    slide id, so a later run that reused this slide's results, and so has no staged copy, is drawn
-    on it too; with neither, the drawing goes on a neutral canvas (`sectra-bridge render` fetches
-    the slide instead).
+    slide id (`keep_slide_thumbnail`, before the pipeline releases the files once Strand holds
+    the upload), so this run, and a later one that reused this slide's results, is drawn on it;
+    with neither a copy nor a kept thumbnail, the drawing goes on a neutral canvas
+    (`sectra-bridge render` fetches the slide instead).
     """
     from workers.thumbnail import staged_thumbnail
 
@@ -185,6 +186,24 @@ def store_thumbnail(
         ctx.store.put_blob(record.run_id, THUMBNAIL_BLOB, jpeg_bytes(image), ttl_seconds=STORED_SECONDS)
     except Exception as exc:
         log.warning("result picture not stored", extra={"error_type": type(exc).__name__})
+
+
+def keep_slide_thumbnail(ctx: PipelineContext, record: RunRecord, *, max_side: int = STORED_SIDE) -> None:
+    """Keep the staged copy's thumbnail (the slide cache `store_thumbnail` reads) before its files go.
+
+    The pipeline releases a run's slide files once Strand holds its upload, long before publish
+    draws on them; this is what publish then draws on. A courtesy like the picture itself: a slide
+    the readers cannot open, or a Redis blip, leaves publish a neutral canvas, never a failed run.
+    """
+    from workers.thumbnail import staged_thumbnail
+
+    try:
+        picture = staged_thumbnail(ctx, record, max_side)
+    except Exception as exc:
+        log.warning("slide thumbnail unreadable; not kept", extra={"error_type": type(exc).__name__})
+        return
+    if picture is not None:
+        _with_slide_cache(ctx, record, picture)
 
 
 def _slide_key(ctx: PipelineContext, slide_id: str) -> str:

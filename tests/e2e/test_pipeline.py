@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import concurrent.futures
+import io
 import math
 import re
-import time
 
 import httpx
 import numpy as np
+from PIL import Image
 
 from tests.e2e.conftest import APP, LABEL_MARKER, PHI, Bridge
-from workers.runstore import RunStatus
+from tests.fixtures.slides import glass_on_the_right
+from workers.runstore import THUMBNAIL_BLOB, RunStatus
 
 
 def _truth_fraction(values: np.ndarray, threshold: float) -> float:
@@ -229,8 +231,40 @@ def test_delete_while_waiting_cancels_the_strand_job_and_removes_the_run(bridge:
     assert answer.status_code == 200, answer.text
     assert bridge.store.get(run_id) is None
     assert bridge.strand.jobs[waiting.job_id].status == "cancelled"
-    # The web role never touches slide files; the worker (the run's next step, or its janitor) does.
-    deadline = time.monotonic() + 30
-    while (bridge.work_dir / run_id).exists():
-        assert time.monotonic() < deadline, "the worker left the deleted run's files behind"
-        time.sleep(0.1)
+    # The web role never touches slide files, and a waiting run has none left to remove (they went
+    # once Strand held the upload); the janitor's sweep of a deleted run's files is tested on its own.
+    assert not (bridge.work_dir / run_id).exists()
+
+
+def test_a_run_waiting_on_strand_holds_no_slide_files_and_is_still_drawn_on_its_slide(bridge: Bridge) -> None:
+    """Once Strand holds the upload, the slide leaves the work volume; publish draws on the kept thumbnail."""
+    bridge.add_slide("slide-released", content=glass_on_the_right)
+    bridge.strand.options.job_duration = None
+    run_id = bridge.start_run("slide-released").run_id
+    waiting = bridge.wait_for(run_id, lambda r: r.status == RunStatus.waiting and r.job_id is not None)
+    assert not (bridge.work_dir / run_id).exists(), "a run waiting on Strand holds no slide files"
+    assert "slide_files_released" in [e["event"] for e in bridge.store.events(run_id)]
+
+    bridge.strand.advance(waiting.job_id, "completed", 1.0)
+    record = bridge.wait_final(run_id)
+    assert record.status == RunStatus.completed, record.error
+    events = [e["event"] for e in bridge.store.events(run_id)]
+    assert events.count("downloaded") == 1 and "fetch_again" not in events, "the slide was fetched once"
+    blob = bridge.store.get_blob(run_id, THUMBNAIL_BLOB)
+    assert blob is not None
+    picture = np.asarray(Image.open(io.BytesIO(blob)).convert("RGB")).astype(float)
+    # The 1024 x 768 slide at the stored picture's 480 px, the legend panel to its right, the results'
+    # translucent bands over both halves. Where nothing is drawn, the left half shows the stain and the
+    # right half the glass (243, 243, 241); a neutral canvas is one flat (232, 232, 228).
+    slide = picture[: 480 * 768 // 1024, :480]
+    left, right = slide[:, :240].reshape(-1, 3), slide[:, 240:].reshape(-1, 3)
+
+    def stained(pixels: np.ndarray) -> float:
+        red, green, blue = pixels.T
+        return float(((red > 160) & (green < 150) & (blue > 130)).mean())
+
+    def glass(pixels: np.ndarray) -> float:
+        return float((pixels >= 238).all(axis=1).mean())
+
+    assert stained(left) > 0.1 and glass(left) < 0.01, "the left half is not the stain"
+    assert glass(right) > 0.05 and stained(right) < 0.01, "the right half is not the glass"

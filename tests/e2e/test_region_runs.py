@@ -22,6 +22,7 @@ import shapely
 
 from tests.e2e import conftest as harness
 from tests.e2e.conftest import Bridge
+from tests.fixtures.slides import glass_on_the_right
 from workers.runstore import RunRecord, RunStatus
 
 SLIDE_W, SLIDE_H = 4096, 3072  # 2 x 1.5 mm at 0.5 µm/px
@@ -316,18 +317,6 @@ def test_whole_slide_runs_reuse_only_when_their_app_says_so(bridge: Bridge) -> N
     again = finish(bridge, bridge.start_run(slide).run_id)  # the default app: a new job, as before
     assert again.job_id not in (None, first.job_id) and again.reused_job is None
     assert len(bridge.strand.jobs) == 2
-
-
-def glass_on_the_right(height: int, width: int, seed: int) -> np.ndarray:
-    """Stained tissue (random pink-purple) on the left half of the slide, bare glass on the right."""
-    rng = np.random.default_rng(seed)
-    pixels = np.empty((height, width, 3), dtype=np.uint8)
-    pixels[...] = (243, 243, 241)  # glass: near white, no colour
-    left = pixels[:, : width // 2]
-    left[..., 0] = rng.integers(170, 230, size=left.shape[:2])
-    left[..., 1] = rng.integers(60, 140, size=left.shape[:2])
-    left[..., 2] = rng.integers(140, 200, size=left.shape[:2])
-    return pixels
 
 
 def test_a_first_region_on_bare_glass_is_refused_before_any_upload_or_job(bridge: Bridge) -> None:

@@ -35,7 +35,7 @@ from wsidicom import WsiDicom
 
 from tests.fixtures.dicom_slides import make_dicom_slide
 from tests.fixtures.mrxs import make_mrxs
-from tests.fixtures.slides import make_svs
+from tests.fixtures.slides import glass_on_the_right, make_svs
 from workers.apps import load_apps
 from workers.context import PipelineContext
 from workers.metering import InFlight
@@ -44,6 +44,7 @@ from workers.render import (
     PANEL_WIDTH,
     PATCH_COLOUR,
     STORED_SIDE,
+    keep_slide_thumbnail,
     render_result,
     store_thumbnail,
 )
@@ -387,3 +388,44 @@ def test_store_thumbnail_never_raises(ctx: PipelineContext, caplog: pytest.LogCa
         store_thumbnail(ctx, record, [primitive()])
     assert ctx.store.get_blob(record.run_id, THUMBNAIL_BLOB) is None
     assert "result picture not stored" in caplog.text
+
+
+def test_a_kept_thumbnail_outlives_the_staged_copy_and_an_unreadable_one_is_only_logged(
+    ctx: PipelineContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What the pipeline does when Strand holds the upload: keep the thumbnail, then remove the files."""
+    record = new_run(ctx, "slide-released", "ct-r1")
+    out = ctx.staging.outgoing_dir(record.run_id)
+    path = out / f"{record.run_id}.svs"
+    slide = make_svs(
+        path, width=2048, height=1024, phi={}, label_marker=LABEL_MARKER, content=glass_on_the_right
+    )
+    record = ctx.store.update(
+        record.run_id, slide_width=2048, slide_height=1024, outgoing_files=describe([slide], out)
+    )
+    keep_slide_thumbnail(ctx, record)
+    assert ctx.staging.remove(record.run_id)
+    store_thumbnail(ctx, record, [])  # publish, with no staged copy left
+    blob = ctx.store.get_blob(record.run_id, THUMBNAIL_BLOB)
+    assert blob is not None
+    picture = np.asarray(Image.open(io.BytesIO(blob)).convert("RGB")).astype(float)
+    assert picture.shape[1] == STORED_SIDE + PANEL_WIDTH
+    # The slide at 480 x 240: stain on its left half, glass (243, 243, 241) on its right; the neutral
+    # canvas drawn without a thumbnail is one flat (232, 232, 228).
+    left, right = picture[:240, 10:230], picture[:240, 250:470]
+    assert np.median(left[..., 1]) < 150 < np.median(left[..., 0])
+    assert (np.median(right.reshape(-1, 3), axis=0) >= 238).all()
+
+    broken = new_run(ctx, "slide-broken", "ct-r2")
+    out = ctx.staging.outgoing_dir(broken.run_id)
+    out.mkdir(parents=True)
+    (out / f"{broken.run_id}.svs").write_bytes(b"II*\x00" + b"\x00" * 60)  # a TIFF header and nothing more
+    broken = ctx.store.update(
+        broken.run_id,
+        slide_width=2048,
+        slide_height=1024,
+        outgoing_files=describe([out / f"{broken.run_id}.svs"], out),
+    )
+    with caplog.at_level(logging.WARNING, logger="workers.render"):
+        keep_slide_thumbnail(ctx, broken)
+    assert "slide thumbnail unreadable; not kept" in caplog.text
