@@ -5,9 +5,10 @@ Each worker pod has its own volume, and a run may have moved between pods
 others. Each worker therefore looks at what *it* holds, against the run store:
 
 - a run that is gone (deleted, expired), completed or cancelled: everything is removed;
-- a failed run: its original, identifiable files are removed once it has been failed for
-  `BRIDGE_STAGED_RETENTION_HOURS`; the de-identified copy stays for `runs retry` (a retried
-  run whose originals are gone fetches the slide from Sectra again);
+- a failed run: everything is removed once it has been failed for `BRIDGE_STAGED_RETENTION_HOURS`
+  (a day by default: time for `runs retry` to find the files; a later retry fetches and
+  de-identifies again). Keeping the de-identified copy as long as the record (30 days) would make
+  failed runs the largest use of the volume, and holds patient material nobody asked for;
 - a run still under way is left alone (another pod may be on it; this copy goes when it ends).
 """
 
@@ -26,8 +27,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Swept:
-    removed_runs: int = 0
-    removed_originals: int = 0
+    removed_runs: int = 0  # ended or gone
+    removed_failed: int = 0  # failed longer ago than the retention
 
 
 def sweep(store: RunStore, staging: Staging, *, retention_seconds: float, now: float | None = None) -> Swept:
@@ -41,14 +42,14 @@ def sweep(store: RunStore, staging: Staging, *, retention_seconds: float, now: f
                 swept.removed_runs += 1
             continue
         expired = record.status is RunStatus.failed and moment - record.updated_at >= retention_seconds
-        if expired and staging.remove_originals(run_id):
-            swept.removed_originals += 1
+        if expired and staging.remove(run_id):
+            swept.removed_failed += 1
             hours = round(retention_seconds / 3600, 1)
-            store.append_event(run_id, "staged_originals_removed", after_hours=hours)
-    if swept.removed_runs or swept.removed_originals:
+            store.append_event(run_id, "staged_files_removed", after_hours=hours)
+    if swept.removed_runs or swept.removed_failed:
         log.info(
             "work volume swept",
-            extra={"removed_runs": swept.removed_runs, "removed_originals": swept.removed_originals},
+            extra={"removed_runs": swept.removed_runs, "removed_failed": swept.removed_failed},
         )
     return swept
 

@@ -50,8 +50,8 @@ class Settings(BaseSettings):
     # A run lease outlives a dead worker by at most this long before recovery re-drives the run; a
     # heartbeat renews it every third of this while a step runs, so a long transfer keeps its run.
     lease_seconds: float = Field(default=15.0, alias="BRIDGE_LEASE_SECONDS", gt=1)
-    # A failed run's original (identifiable) slide files are deleted this long after it failed; the
-    # de-identified copy stays for `runs retry` as long as the run record does.
+    # A failed run's slide files (the originals and the de-identified copy) are deleted this long
+    # after it failed; `runs retry` after that fetches and de-identifies the slide again.
     staged_retention_hours: float = Field(default=24.0, alias="BRIDGE_STAGED_RETENTION_HOURS", ge=0)
     # How often each worker's janitor sweeps its own work volume (it also sweeps at start-up).
     janitor_interval_seconds: float = Field(default=300.0, alias="BRIDGE_JANITOR_INTERVAL_SECONDS", gt=0)

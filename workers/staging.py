@@ -122,13 +122,6 @@ class Staging:
         """Make room for a fresh download (a partial one is never resumed)."""
         shutil.rmtree(self.staged_dir(run_id), ignore_errors=True)
 
-    def remove_originals(self, run_id: str) -> bool:
-        """Delete the identifiable originals, keeping the de-identified copy; True if any were here."""
-        folder = self.staged_dir(run_id)
-        existed = folder.exists()
-        shutil.rmtree(folder, ignore_errors=True)
-        return existed
-
     def remove(self, run_id: str) -> bool:
         """Delete everything of the run on this pod; True if anything was here."""
         folder = self.run_dir(run_id)

@@ -258,7 +258,7 @@ def test_runs_in_flight_moves_once_each_way(harness: Harness) -> None:
     assert _in_flight() == before, "a retried run is counted once, and counted down once"
 
 
-def test_a_retried_run_whose_originals_expired_fetches_the_slide_again(harness: Harness) -> None:
+def test_a_retried_run_whose_files_expired_fetches_the_slide_again(harness: Harness) -> None:
     harness.add_slide("s-expired")
     attempts = harness.ctx.max_attempts
     harness.strand.fail_next_puts(attempts * 2, status=503)  # Strand's storage is away for the whole run
@@ -270,9 +270,9 @@ def test_a_retried_run_whose_originals_expired_fetches_the_slide_again(harness: 
     assert staging.originals(run_id, failed.staged_files) is None  # de-identification moved them
     assert staging.outgoing_file(run_id, failed.outgoing_files) is not None, "kept for runs retry"
 
-    # The retention passed and this pod's volume was lost (or the retry lands on another pod).
-    sweep(harness.ctx.store, staging, retention_seconds=0, now=time.time() + 1)
-    staging.remove(run_id)
+    # The retention passed: the janitor removes the failed run's files, the de-identified copy too.
+    assert sweep(harness.ctx.store, staging, retention_seconds=0, now=time.time() + 1).removed_failed == 1
+    assert not staging.run_dir(run_id).exists()
     downloads_before = len([s for s in harness.sectra_wire.seen if s[1].endswith("/files")])
     harness.ctx.store.transition(run_id, resume_point(failed), retry=True, attempts=0, error=None)
     record = harness.drive(run_id)

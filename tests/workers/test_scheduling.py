@@ -93,7 +93,7 @@ def _walk(store: RunStore, run_id: str, to: RunStatus) -> None:
         store.transition(run_id, to)
 
 
-def test_the_janitor_removes_what_ended_and_the_originals_of_old_failures(
+def test_the_janitor_removes_what_ended_and_then_what_failed_a_retention_ago(
     redis_client: redis.Redis, key_prefix: str, tmp_path: Path
 ) -> None:
     store = RunStore(redis_client, prefix=key_prefix, retention_seconds=3600)
@@ -115,12 +115,12 @@ def test_the_janitor_removes_what_ended_and_the_originals_of_old_failures(
     assert not staging.run_dir(runs["gone"]).exists()
     assert not staging.run_dir(runs["cancelled"]).exists()
     assert staging.staged_dir(runs["failed"]).exists(), "kept until the retention has passed"
-    assert (early.removed_runs, early.removed_originals) == (2, 0)
+    assert staging.outgoing_dir(runs["failed"]).exists()
+    assert (early.removed_runs, early.removed_failed) == (2, 0)
 
     late = sweep(store, staging, retention_seconds=retention, now=failed_at + retention + 1)
-    assert not staging.staged_dir(runs["failed"]).exists(), "identifiable originals removed"
-    assert staging.outgoing_dir(runs["failed"]).exists(), "the de-identified copy stays for a retry"
+    assert not staging.run_dir(runs["failed"]).exists(), "originals and de-identified copy removed"
     assert staging.staged_dir(runs["busy"]).exists() and staging.outgoing_dir(runs["busy"]).exists()
-    assert (late.removed_runs, late.removed_originals) == (0, 1)
+    assert (late.removed_runs, late.removed_failed) == (0, 1)
     events = [e["event"] for e in store.events(runs["failed"])]
-    assert "staged_originals_removed" in events
+    assert "staged_files_removed" in events
