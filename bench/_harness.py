@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import signal
 import socket
 import statistics
@@ -149,6 +150,49 @@ class RedisCounters:
         """Commands the product sent between the two reads: without the reads' own INFO calls
         and without `bench_commands` (the bench's polling)."""
         return self.total - earlier.total - 3 - bench_commands
+
+
+_KEY_PARTS = (
+    (re.compile(r"run-[0-9a-f]{24}"), "{run}"),
+    (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"), "{uuid}"),
+    (re.compile(r"[0-9a-f]{16,}"), "{digest}"),
+    (re.compile(r"(?<=[:.])\d+(?=$|[:.])"), "{n}"),
+)
+
+
+@dataclass(frozen=True)
+class KeyClass:
+    """Keys of one shape in a census: how many, their bytes (`MEMORY USAGE ... SAMPLES 0`), their TTL."""
+
+    shape: str
+    keys: int
+    total_bytes: int
+    ttl_s: float | None  # the median remaining TTL; None: the keys never expire
+
+
+def redis_census(client: redis.Redis) -> list[KeyClass]:
+    """Every key in the bench's Redis, grouped by shape (run ids, UUIDs, digests and counters
+    replaced), largest first: what a run leaves behind, measured by Redis itself rather than by
+    the product's idea of which keys a run has."""
+    sizes: dict[str, list[int]] = {}
+    ttls: dict[str, list[float]] = {}
+    for raw in client.scan_iter(count=1000):
+        key = raw.decode() if isinstance(raw, bytes) else str(raw)
+        shape = key
+        for pattern, placeholder in _KEY_PARTS:
+            shape = pattern.sub(placeholder, shape)
+        used = client.memory_usage(raw, samples=0)
+        ttl = client.pttl(raw)
+        if used is None or ttl == -2:  # gone between the scan and the reads
+            continue
+        sizes.setdefault(shape, []).append(int(used))
+        if ttl >= 0:
+            ttls.setdefault(shape, []).append(ttl / 1000)
+    classes = [
+        KeyClass(shape, len(found), sum(found), statistics.median(ttls[shape]) if shape in ttls else None)
+        for shape, found in sizes.items()
+    ]
+    return sorted(classes, key=lambda c: -c.total_bytes)
 
 
 # ---- workers -------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,7 @@ class Measured:
     step_s: dict[str, float]  # in-step seconds per stage; "waiting" = one look at the job
     cpu_s_per_run: float
     redis_commands_per_run: float
-    redis_bytes_per_run: float
+    redis_bytes_per_run: float  # record and audit trail
     strand_calls_per_run: float  # every call but status polls and the 429 retries' extras
     slide_gib: float  # the soak's slide size
     waiting: dict[str, float]  # bench/waiting.py's per_waiting_run
@@ -60,6 +60,9 @@ class Measured:
     own_up_mibs: float = math.inf
     cpu_s_per_gib: float = 0.0
     deid_s_per_gib: float = 0.0
+    # Every key a run leaves in Redis (bench/soak.py's census): (bytes, how long it lives; None =
+    # the run's retention, `D`). Empty for an older soak file: the record and audit trail alone.
+    redis_kept: list[tuple[float, float | None]] = field(default_factory=list)
 
     @classmethod
     def load(cls, soak: Path, waiting: Path | None, **transfer: float) -> Measured:
@@ -73,6 +76,12 @@ class Measured:
         per_run -= calls.get("POST /api/v1/predict/estimate", 1.0) - 1.0
         per_run += 1.0  # the one status read after the job ended (the summariser's)
         wait = json.loads(waiting.read_text())["per_waiting_run"] if waiting else {}
+        retention = clean.get("run_retention_s", 0.0)
+        kept = [
+            (c["bytes_per_run"], None if abs(c["ttl_s"] - retention) <= 0.05 * retention else c["ttl_s"])
+            for c in clean.get("redis_classes", [])
+            if c["ttl_s"] is not None  # the never-expiring ones are Celery's bindings: not per run
+        ]
         return cls(
             step_s=step_s,
             cpu_s_per_run=clean["worker_cpu_s_per_run"],
@@ -81,6 +90,7 @@ class Measured:
             strand_calls_per_run=per_run,
             slide_gib=clean["slide_bytes_mean"] / 2**30,
             waiting=wait,
+            redis_kept=kept,
             **transfer,
         )
 
@@ -96,7 +106,8 @@ class LabInputs:
     link_in_mibs: float = math.inf
     link_out_mibs: float = math.inf
     retention_days: float = 30.0
-    failed_fraction: float = 0.02
+    failed_fraction: float = 0.02  # runs failing before Strand held their upload (later ones keep no files)
+    staged_retention_hours: float = 24.0  # BRIDGE_STAGED_RETENTION_HOURS: how long those keep their files
     policy: str = "improved"
 
 
@@ -138,12 +149,20 @@ def plan(lab: LabInputs, m: Measured) -> dict[str, Any]:
     pods = max(pods_for.values())
     in_flight = lam / 60.0 * (slot_s + job_s + poll_lag)
     workdir_slides = w.get("workdir_slides", 1.0)
-    failed_kept = lab.failed_fraction * lab.slides_per_day * lab.retention_days  # de-identified copies
-    disk_in_flight = (in_flight / pods * workdir_slides + lab.slots_per_pod) * lab.slide_gib
+    failed_kept = lab.failed_fraction * lab.slides_per_day * lab.staged_retention_hours / 24.0
+    # Every slot at its peak (a download and its de-identified rewrite), plus what a waiting run keeps
+    # (bench/waiting.py: nothing, since the files go once Strand holds the upload).
+    disk_slots = 2 * lab.slots_per_pod * lab.slide_gib
+    disk_waiting = waiting_runs / pods * workdir_slides * lab.slide_gib
     disk_failed = failed_kept / pods * lab.slide_gib
-    redis_bytes = lab.slides_per_day * lab.retention_days * m.redis_bytes_per_run + waiting_runs * max(
-        0.0, w.get("redis_bytes", 0.0) - m.redis_bytes_per_run
-    )
+    day = 86400.0
+    kept = m.redis_kept or [(m.redis_bytes_per_run, None)]
+    # Little's law per kind of key: runs a day x its bytes x the days it lives.
+    days = [lab.retention_days if life is None else min(life / day, lab.retention_days) for _, life in kept]
+    redis_kept = sum(lab.slides_per_day * size * d for (size, _), d in zip(kept, days, strict=True))
+    # A waiting run's keys beyond what a finished run leaves (its scheduled step; bench/waiting.py).
+    per_finished_run = sum(size for size, _ in kept)
+    redis_bytes = redis_kept + waiting_runs * max(0.0, w.get("redis_bytes", 0.0) - per_finished_run)
     return {
         "runs_per_min": lam,
         "strand_jobs_running": lam * lab.job_minutes,
@@ -155,8 +174,9 @@ def plan(lab: LabInputs, m: Measured) -> dict[str, Any]:
         "pods_for": pods_for,
         "pods": pods,
         "runs_in_flight": in_flight,
-        "disk_gib_per_pod": disk_in_flight + disk_failed,
-        "disk_gib_in_flight": disk_in_flight,
+        "disk_gib_per_pod": disk_slots + disk_waiting + disk_failed,
+        "disk_gib_slots": disk_slots,
+        "disk_gib_waiting": disk_waiting,
         "disk_gib_failed_kept": disk_failed,
         "redis_gib": redis_bytes / 2**30,
         "redis_commands_per_s": lam / 60.0 * m.redis_commands_per_run
@@ -184,10 +204,11 @@ def print_plan(lab: LabInputs, result: dict[str, Any]) -> None:
             "worker pods",
             f"{result['pods']} (for " + ", ".join(f"{k}: {v}" for k, v in result["pods_for"].items()) + ")",
         ),
-        ("runs in flight (hold a slide on disk)", f"{result['runs_in_flight']:.0f}"),
+        ("runs in flight", f"{result['runs_in_flight']:.0f}"),
         (
             "work-dir disk per pod",
-            f"{result['disk_gib_per_pod']:.0f} GiB (runs in flight {result['disk_gib_in_flight']:.0f}, "
+            f"{result['disk_gib_per_pod']:.0f} GiB (slots at their peak {result['disk_gib_slots']:.0f}, "
+            f"waiting runs {result['disk_gib_waiting']:.0f}, "
             f"failed runs' copies kept {result['disk_gib_failed_kept']:.0f})",
         ),
         ("worker memory for waiting runs per pod", f"{result['worker_memory_for_waiting_mib']:.0f} MiB"),
@@ -223,6 +244,10 @@ def main() -> None:
     parser.add_argument("--cpu-s-per-gib", type=float, default=0.0)
     parser.add_argument("--deid-s-per-gib", type=float, default=0.0)
     parser.add_argument("--policy", choices=("current", "improved"), default="improved")
+    parser.add_argument("--retention-days", type=float, default=30.0, help="BRIDGE_RUN_RETENTION_DAYS")
+    parser.add_argument(
+        "--staged-retention-hours", type=float, default=24.0, help="BRIDGE_STAGED_RETENTION_HOURS"
+    )
     args = parser.parse_args()
     measured = Measured.load(
         args.soak,
@@ -241,6 +266,8 @@ def main() -> None:
         pod_cores=args.pod_cores,
         link_in_mibs=args.link_in_mibs,
         link_out_mibs=args.link_out_mibs,
+        retention_days=args.retention_days,
+        staged_retention_hours=args.staged_retention_hours,
         policy=args.policy,
     )
     print_plan(lab, plan(lab, measured))

@@ -35,6 +35,8 @@ from typing import Any
 
 import psutil
 
+from workers.settings import Settings
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import (
     FINAL,
@@ -43,12 +45,16 @@ from _harness import (
     RedisCounters,
     lab,
     percentile,
+    redis_census,
     stage_interval,
     stage_seconds,
     stage_table,
     step_seconds,
     strand_capacity_use,
 )
+
+# The product's default (the lab's workers run with it): keys kept this long scale with a lab's own.
+RUN_RETENTION_DAYS = Settings.model_fields["run_retention_days"].default
 
 
 def run_batch(args: argparse.Namespace, *, kill: bool) -> dict[str, Any]:
@@ -143,11 +149,12 @@ def collect(
     rate = completed / elapsed * 60
     run_bytes = [
         sum(
-            the_lab.redis.memory_usage(key) or 0
+            the_lab.redis.memory_usage(key, samples=0) or 0
             for key in (f"bridge:run:{run_id}", f"bridge:run:{run_id}:events")
         )
         for run_id in run_ids
     ]
+    census = redis_census(the_lab.redis)
     requests = the_lab.strand.requests
     by_endpoint = requests.by_endpoint()
     status_429 = sum(n for k, n in requests.snapshot().items() if k.status == 429)
@@ -176,10 +183,19 @@ def collect(
         "orphan_jobs": len(set(jobs) - set(job_ids)),
         "redis_commands_per_run": redis_after.commands_since(redis_before, bench_commands) / len(run_ids),
         "redis_memory_bytes": redis_after.used_memory,
-        "redis_bytes_per_run": statistics.fmean(run_bytes),
-        "slide_bytes_mean": statistics.fmean(
-            the_lab.slide_bytes.values()
-        ),  # MEMORY USAGE of its record and audit trail
+        "redis_bytes_per_run": statistics.fmean(run_bytes),  # MEMORY USAGE of its record and audit trail
+        # Every key the batch left, by shape: what the capacity model's Redis memory is made of.
+        "redis_classes": [
+            {
+                "shape": c.shape,
+                "keys": c.keys,
+                "bytes_per_run": c.total_bytes / len(run_ids),
+                "ttl_s": c.ttl_s,
+            }
+            for c in census
+        ],
+        "run_retention_s": RUN_RETENTION_DAYS * 86400.0,
+        "slide_bytes_mean": statistics.fmean(the_lab.slide_bytes.values()),
         "worker_cpu_s_per_run": cpu["workers"] / len(run_ids),
         "cpu_s": cpu,
         "cores": psutil.cpu_count() or 1,
@@ -236,6 +252,14 @@ def report(name: str, r: dict[str, Any]) -> None:
         f"{r['redis_bytes_per_run'] / 1024:.1f} KiB kept per run (record + audit trail), "
         f"used_memory {r['redis_memory_bytes'] / 2**20:.1f} MiB"
     )
+    print("   Redis keys left by the batch, by shape (MEMORY USAGE; expiry):")
+    for c in r["redis_classes"][:10]:
+        ttl = c["ttl_s"]
+        kept = (
+            "never expires" if ttl is None else f"{ttl / 86400:.1f} days" if ttl >= 86400 else f"{ttl:.0f} s"
+        )
+        per_run = f"{c['bytes_per_run'] / 1024:7.1f} KiB per run"
+        print(f"     {per_run}  {c['keys']:4d} keys  {kept:>13}  {c['shape']}")
     print(
         f"   worker CPU {r['worker_cpu_s_per_run']:.2f} s per run; last run final "
         f"{r['tail_s']:.1f} s after the 90th percentile one"
