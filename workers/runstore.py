@@ -28,7 +28,7 @@ import re
 import time
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, Literal
@@ -847,6 +847,33 @@ class RunStore:
                 self._redis.zrem(index, *stale)
                 start -= len(stale)
         return found[:limit]
+
+    def last_changes(self, status: RunStatus, *, page: int = 500) -> Iterator[list[tuple[str, float]]]:
+        """The runs in `status` as (run id, `updated_at`), a page at a time, newest first.
+
+        What the recovery sweep needs of every unfinished run, on every worker, every few seconds:
+        one field per run and one round trip per page, not whole records (`list_runs`). Entries
+        whose record has expired are dropped from the index on the way.
+        """
+        index = self._index_status(RunStatus(status))
+        start = 0
+        while True:
+            ids = [_text(i) for i in self._redis.zrevrange(index, start, start + page - 1)]
+            if not ids:
+                return
+            with self._redis.pipeline(transaction=False) as pipe:
+                for run_id in ids:
+                    pipe.hget(self._record_key(run_id), "updated_at")
+                replies = pipe.execute()
+            found = [
+                (r, float(json.loads(_text(v)))) for r, v in zip(ids, replies, strict=True) if v is not None
+            ]
+            stale = [r for r, v in zip(ids, replies, strict=True) if v is None]
+            if stale:
+                self._redis.zrem(index, *stale)
+            start += len(ids) - len(stale)
+            if found:
+                yield found
 
     # -- leases -------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ sweep). A started step whose lease lapsed had its worker die.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
@@ -75,10 +76,7 @@ class StepScheduler:
         return self._ttl
 
     def current(self, run_id: str) -> ScheduledStep | None:
-        token, due_at, started = self._redis.hmget(self._key(run_id), ["token", "due_at", "started"])
-        if token is None or due_at is None:
-            return None
-        return ScheduledStep(_text(token), float(_text(due_at)), started is not None and started == token)
+        return _step(self._redis.hmget(self._key(run_id), ["token", "due_at", "started"]))
 
     def mark_started(self, run_id: str, token: str) -> None:
         """A worker holds the run's lease for step `token`: it left the queue."""
@@ -90,8 +88,25 @@ class StepScheduler:
             return True
         return token is not None and _text(current) == token
 
+    def held_and_current(self, run_ids: Sequence[str]) -> list[tuple[bool, ScheduledStep | None]]:
+        """For each run: whether a worker holds its lease, and its current step; one round trip."""
+        with self._redis.pipeline(transaction=False) as pipe:
+            for run_id in run_ids:
+                pipe.exists(self.lease_key(run_id))
+                pipe.hmget(self._key(run_id), ["token", "due_at", "started"])
+            replies = pipe.execute()
+        return [(bool(held), _step(fields)) for held, fields in zip(replies[::2], replies[1::2], strict=True)]
+
     def lease_key(self, run_id: str) -> str:
         return f"{self._prefix}:lease:{run_id}"
+
+
+def _step(fields: Sequence[object]) -> ScheduledStep | None:
+    """A step from its hash's (token, due_at, started), as `HMGET` answers them."""
+    token, due_at, started = fields
+    if token is None or due_at is None:
+        return None
+    return ScheduledStep(_text(token), float(_text(due_at)), started is not None and started == token)
 
 
 def _text(value: object) -> str:

@@ -16,7 +16,7 @@ from workers.errors import Refused, Service, classify
 from workers.locks import run_lease
 from workers.pipeline import FINAL, advance
 from workers.priority import RunPriorities, queue_keys
-from workers.runstore import RunRecord, RunStatus
+from workers.runstore import RunStatus
 from workers.scheduler import ScheduledStep
 from workers.stages import case as case_stage
 
@@ -52,17 +52,18 @@ def schedule(run_id: str, delay: float = 0.0) -> None:
     run_step.apply_async((run_id, token), countdown=delay, priority=priority)
 
 
-def due_time(step: ScheduledStep | None, record: RunRecord) -> float:
+def due_time(step: ScheduledStep | None, changed_at: float) -> float:
     """When the run's next step was due: as scheduled, or (never scheduled) its last change."""
-    return step.due_at if step is not None else record.updated_at
+    return step.due_at if step is not None else changed_at
 
 
 def is_stalled(
-    step: ScheduledStep | None, record: RunRecord, *, now: float, slack: float, queued: int
+    step: ScheduledStep | None, changed_at: float, *, now: float, slack: float, queued: int
 ) -> bool:
-    """Whether recovery should re-drive a run no worker holds (see `recover_runs`)."""
+    """Whether recovery should re-drive a run no worker holds (see `recover_runs`); `changed_at` is
+    the record's `updated_at`."""
     # A run that changed within the last lease is being worked on, even if a heartbeat was late.
-    if now < max(due_time(step, record), record.updated_at) + slack:
+    if now < max(due_time(step, changed_at), changed_at) + slack:
         return False
     # A step no worker took is waiting in the queue while the queue holds messages.
     return step is None or step.started or queued == 0
@@ -78,6 +79,10 @@ def recover_runs(grace: float | None = None) -> int:
     has lapsed. A step no worker has started is left alone while the step queue
     holds messages: it is waiting its turn there (`workers.scheduler`). Re-driving
     supersedes the lost step's token, so a late redelivery of it does nothing.
+
+    Every worker runs this every third of a lease over every unfinished run, so it reads only
+    what the decision needs, a page of runs per round trip (`RunStore.last_changes`,
+    `StepScheduler.held_and_current`).
     """
     ctx = runtime.context()
     client = runtime.redis_client()
@@ -89,17 +94,16 @@ def recover_runs(grace: float | None = None) -> int:
     for status in RunStatus:
         if status in FINAL:
             continue
-        for record in ctx.store.list_runs(status=status, limit=10_000):
-            if client.exists(scheduler.lease_key(record.run_id)):
-                continue
-            step = scheduler.current(record.run_id)
-            if not is_stalled(step, record, now=now, slack=slack, queued=queued):
-                continue
-            due_at = due_time(step, record)
-            log.info("re-driving a stalled run", extra={"run_id": record.run_id, "stage": status.value})
-            ctx.store.append_event(record.run_id, "recovered", overdue_seconds=int(now - due_at))
-            schedule(record.run_id)
-            count += 1
+        for page in ctx.store.last_changes(status):
+            views = scheduler.held_and_current([run_id for run_id, _ in page])
+            for (run_id, changed_at), (held, step) in zip(page, views, strict=True):
+                if held or not is_stalled(step, changed_at, now=now, slack=slack, queued=queued):
+                    continue
+                due_at = due_time(step, changed_at)
+                log.info("re-driving a stalled run", extra={"run_id": run_id, "stage": status.value})
+                ctx.store.append_event(run_id, "recovered", overdue_seconds=int(now - due_at))
+                schedule(run_id)
+                count += 1
     return count
 
 
