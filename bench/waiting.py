@@ -87,10 +87,13 @@ def slots(samples: int = 5) -> dict[str, float]:
 
     busy, held, oldest = 0, 0, 0.0
     for _ in range(samples):
-        inspect = celery_app.control.inspect(timeout=2.0)
+        # One worker answers: `limit=1` returns with its reply instead of waiting out the timeout, so
+        # the clock read right after `active()` is the reply's moment (read after both calls, it was
+        # up to two timeouts late, and a task just begun looked 4 s old).
+        inspect = celery_app.control.inspect(timeout=2.0, limit=1)
         active = inspect.active() or {}
-        scheduled = inspect.scheduled() or {}
         now = time.time()  # Celery reports `time_start` as wall-clock time
+        scheduled = inspect.scheduled() or {}
         busy = max(busy, sum(len(v) for v in active.values()))
         held = max(held, sum(len(v) for v in scheduled.values()))
         started = [
