@@ -307,7 +307,7 @@ def main() -> None:
             f"{sim.mean(sim.waiting_s):.1f}",
         ),
         (
-            "runs in flight (hold disk)",
+            "runs in flight",
             f"{predicted['runs_in_flight']:.1f}",
             f"{sim.mean(sim.in_flight_s):.1f}",
         ),
