@@ -28,7 +28,7 @@ import re
 import time
 import types
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, Literal
@@ -825,27 +825,13 @@ class RunStore:
         else:
             index = self._index_all()
         found: list[RunRecord] = []
-        start, page = 0, max(limit, 50)
-        while len(found) < limit:
-            ids = [_text(i) for i in self._redis.zrevrange(index, start, start + page - 1)]
-            if not ids:
-                break
-            start += page
-            with self._redis.pipeline(transaction=False) as pipe:
-                for run_id in ids:
-                    pipe.hgetall(self._record_key(run_id))
-                replies = pipe.execute()
-            stale = []
-            for run_id, reply in zip(ids, replies, strict=True):
-                if not reply:
-                    stale.append(run_id)
-                    continue
+        for page in self._live_pages(index, max(limit, 50), lambda pipe, key: pipe.hgetall(key)):
+            for _, reply in page:
                 record = _decode(reply)
                 if app_id is None or record.app_id == app_id:
                     found.append(record)
-            if stale:
-                self._redis.zrem(index, *stale)
-                start -= len(stale)
+            if len(found) >= limit:
+                break
         return found[:limit]
 
     def last_changes(self, status: RunStatus, *, page: int = 500) -> Iterator[list[tuple[str, float]]]:
@@ -855,7 +841,17 @@ class RunStore:
         one field per run and one round trip per page, not whole records (`list_runs`). Entries
         whose record has expired are dropped from the index on the way.
         """
-        index = self._index_status(RunStatus(status))
+        for found in self._live_pages(
+            self._index_status(RunStatus(status)), page, lambda pipe, key: pipe.hget(key, "updated_at")
+        ):
+            yield [(run_id, float(json.loads(_text(value)))) for run_id, value in found]
+
+    def _live_pages(
+        self, index: str, page: int, read: Callable[[Any, str], object]
+    ) -> Iterator[list[tuple[str, Any]]]:
+        """An index's runs newest first, a page per round trip, each with what `read` queues on a
+        pipeline for its record key (`hgetall`, or `hget` of one field). Entries whose record has
+        expired are dropped from the index on the way; a page left empty by them is skipped."""
         start = 0
         while True:
             ids = [_text(i) for i in self._redis.zrevrange(index, start, start + page - 1)]
@@ -863,17 +859,16 @@ class RunStore:
                 return
             with self._redis.pipeline(transaction=False) as pipe:
                 for run_id in ids:
-                    pipe.hget(self._record_key(run_id), "updated_at")
+                    read(pipe, self._record_key(run_id))
                 replies = pipe.execute()
-            found = [
-                (r, float(json.loads(_text(v)))) for r, v in zip(ids, replies, strict=True) if v is not None
-            ]
-            stale = [r for r, v in zip(ids, replies, strict=True) if v is None]
+            pairs = list(zip(ids, replies, strict=True))
+            stale = [run_id for run_id, reply in pairs if not reply]
             if stale:
                 self._redis.zrem(index, *stale)
             start += len(ids) - len(stale)
-            if found:
-                yield found
+            live = [(run_id, reply) for run_id, reply in pairs if reply]
+            if live:
+                yield live
 
     # -- leases -------------------------------------------------------------------------------
 
