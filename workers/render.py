@@ -136,13 +136,20 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def jpeg_bytes(image: Image.Image) -> bytes:
+def jpeg_bytes(image: Image.Image, *, drawn: bool = True) -> bytes:
     """The kept copy: H&E tissue compresses ~10x better as JPEG than as PNG at the same look
-    (a 640 px picture of real tissue is ~60 KB instead of ~600 KB), and Redis holds one per run."""
+    (a 640 px picture of real tissue is ~60 KB instead of ~600 KB), and Redis holds one per run.
+
+    A `drawn` picture (the results on the slide) is 4:4:4, no chroma subsampling, so thin coloured
+    outlines keep their colour and place. The slide's own thumbnail is tissue only, drawn on after
+    it is decoded: 4:2:0 loses only colour detail finer than two pixels, which an overview does not
+    show, and halves it (0.48-0.52 x at 480 px, on noise and on stain beside glass; Redis keeps one
+    per slide for two days).
+    """
     buffer = io.BytesIO()
-    # 4:4:4 (no chroma subsampling), so thin coloured outlines keep their colour and place. No
-    # `optimize`: with it Pillow's encoder fails on some noisy pictures ("broken data stream").
-    image.convert("RGB").save(buffer, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
+    # No `optimize`: with it Pillow's encoder fails on some noisy pictures ("broken data stream").
+    subsampling = 0 if drawn else 2
+    image.convert("RGB").save(buffer, format="JPEG", quality=JPEG_QUALITY, subsampling=subsampling)
     return buffer.getvalue()
 
 
@@ -218,7 +225,7 @@ def _with_slide_cache(
     key = _slide_key(ctx, record.slide_id)
     try:
         if picture is not None:
-            ctx.store.client.set(key, jpeg_bytes(picture), ex=STORED_SECONDS)
+            ctx.store.client.set(key, jpeg_bytes(picture, drawn=False), ex=STORED_SECONDS)
             return picture
         kept = ctx.store.client.get(key)
         if kept is None:

@@ -375,10 +375,13 @@ def test_a_run_without_a_staged_copy_is_drawn_on_the_slide_an_earlier_run_kept(c
         np.asarray(Image.open(io.BytesIO(p or b"")).convert("RGB")).astype(float) for p in pictures
     )
     assert first_px.shape == later_px.shape
-    # The slide's noise, twice JPEG-coded, not the neutral canvas (flat grey).
+    # The slide's noise, twice JPEG-coded, not the neutral canvas (flat grey). Compared by luma
+    # (JFIF's BT.601 weights): the kept thumbnail is 4:2:0, full resolution in luma only, and
+    # per-pixel colour noise is exactly what chroma subsampling averages away.
     patch = (slice(40, 80), slice(40, 80))
     assert later_px[patch].std() > 10  # the canvas is one flat grey: std 0
-    assert np.corrcoef(first_px[patch].ravel(), later_px[patch].ravel())[0, 1] > 0.9
+    first_y, later_y = (px[patch] @ np.array([0.299, 0.587, 0.114]) for px in (first_px, later_px))
+    assert np.corrcoef(first_y.ravel(), later_y.ravel())[0, 1] > 0.9
 
 
 def test_store_thumbnail_never_raises(ctx: PipelineContext, caplog: pytest.LogCaptureFixture) -> None:
@@ -408,6 +411,12 @@ def test_a_kept_thumbnail_outlives_the_staged_copy_and_an_unreadable_one_is_only
     store_thumbnail(ctx, record, [])  # publish, with no staged copy left
     blob = ctx.store.get_blob(record.run_id, THUMBNAIL_BLOB)
     assert blob is not None
+    # The kept slide thumbnail is tissue only, so 4:2:0; the picture with results on it is 4:4:4.
+    (kept_key,) = ctx.store.client.keys(f"{ctx.store.prefix}:slide-thumbnail:*")
+    kept = ctx.store.client.get(kept_key)
+    assert isinstance(kept, bytes)
+    assert jpeg_sampling(kept) == [(2, 2), (1, 1), (1, 1)]
+    assert jpeg_sampling(blob) == [(1, 1), (1, 1), (1, 1)]
     picture = np.asarray(Image.open(io.BytesIO(blob)).convert("RGB")).astype(float)
     assert picture.shape[1] == STORED_SIDE + PANEL_WIDTH
     # The slide at 480 x 240: stain on its left half, glass (243, 243, 241) on its right; the neutral
@@ -429,3 +438,19 @@ def test_a_kept_thumbnail_outlives_the_staged_copy_and_an_unreadable_one_is_only
     with caplog.at_level(logging.WARNING, logger="workers.render"):
         keep_slide_thumbnail(ctx, broken)
     assert "slide thumbnail unreadable; not kept" in caplog.text
+
+
+def jpeg_sampling(data: bytes) -> list[tuple[int, int]]:
+    """Each component's (H, V) sampling factors, read from the frame header as ITU T.81 B.2.2 lays
+    it out (written here, not Pillow's reading of what Pillow wrote)."""
+    at = 2  # after SOI
+    while at < len(data):
+        assert data[at] == 0xFF, "not at a marker"
+        marker = data[at + 1]
+        length = int.from_bytes(data[at + 2 : at + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start of frame
+            count = data[at + 9]
+            factors = data[at + 10 : at + 10 + 3 * count]
+            return [(factors[i + 1] >> 4, factors[i + 1] & 0x0F) for i in range(0, 3 * count, 3)]
+        at += 2 + length
+    raise AssertionError("no frame header")
