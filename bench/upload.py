@@ -8,7 +8,9 @@ faulty run (the fake fails 1 PUT in 20 with 503 and keeps only half of 1 chunk i
     .venv/bin/python bench/upload.py                 # 1 GiB, all columns
     .venv/bin/python bench/upload.py --size-mib 256 --no-official
 
-Targets: ours >= 0.8 x plain PUT and >= 1.0 x official; peak RSS growth < 64 MiB.
+Targets: ours >= 0.8 x plain PUT and >= 1.0 x official; peak RSS growth < 64 MiB. Each repeat
+uploads once per client, in a rotating order; the ratios are the median of each repeat's own
+ratios (runs made seconds apart, so a change in the machine's load between repeats cancels out).
 The official SDK (strand-sdk 0.17) needs Python 3.12: its venv is made under the
 bench's temp dir with `$(pyenv prefix 3.12.1)/bin/python3` (column skipped, with
 a message, when that interpreter or the package cannot be had).
@@ -23,6 +25,7 @@ import os
 import re
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -126,6 +129,7 @@ class Run:
     rss_mib: float | None
     outcome: str
     identical: bool | None = None
+    repeat: int | None = None  # the clean repeat it belongs to; None for the faulty runs
 
 
 class Bench:
@@ -181,7 +185,7 @@ class Bench:
         self.official_python = python
         return None
 
-    def run(self, column: str, faulty: bool, source_sha: str) -> Run:
+    def run(self, column: str, faulty: bool, source_sha: str, repeat: int | None = None) -> Run:
         every = 20 if faulty else None
         self.fake.periodic_put_faults(fail_every=every, keep_partial_every=every)
         url, key, path = self.fake.url, self.fake.api_key, str(self.source)
@@ -195,7 +199,8 @@ class Bench:
         done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
         lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
         if not lines:
-            return Run(column, faulty, None, None, None, f"worker crashed: {done.stderr.strip()[-200:]}")
+            crashed = f"worker crashed: {done.stderr.strip()[-200:]}"
+            return Run(column, faulty, None, None, None, crashed, repeat=repeat)
         result = json.loads(lines[-1])
         upload_id = result.get("upload_id")
         completed = result["outcome"] == "completed"
@@ -206,9 +211,8 @@ class Bench:
             stored.unlink()
         size = self.args.size_mib * MiB
         mib_s = size / MiB / result["seconds"] if completed else None
-        return Run(
-            column, faulty, mib_s, result["cpu"], result["rss_growth"] / MiB, result["outcome"], identical
-        )
+        rss = result["rss_growth"] / MiB
+        return Run(column, faulty, mib_s, result["cpu"], rss, result["outcome"], identical, repeat)
 
 
 def _memory_dir(size_mib: int) -> str | None:
@@ -227,47 +231,66 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _best(runs: list[Run], column: str, faulty: bool = False) -> Run | None:
-    mine = [r for r in runs if r.column == column and r.faulty == faulty]
-    done = [r for r in mine if r.mib_s is not None]
-    return max(done, key=lambda r: r.mib_s or 0.0) if done else (mine[0] if mine else None)
+def _runs_of(runs: list[Run], column: str, faulty: bool = False) -> list[Run]:
+    return [r for r in runs if r.column == column and r.faulty == faulty]
+
+
+def _median_of(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _paired_ratio(runs: list[Run], column: str, baseline: str) -> float | None:
+    """The median over the clean repeats of `column`'s MiB/s over `baseline`'s in the same repeat."""
+    speeds: dict[tuple[str, int | None], float | None] = {(r.column, r.repeat): r.mib_s for r in runs}
+    ratios = []
+    for run in _runs_of(runs, column):
+        base = speeds.get((baseline, run.repeat))
+        if run.mib_s and base:
+            ratios.append(run.mib_s / base)
+    return _median_of(ratios)
 
 
 def _table(runs: list[Run], size_mib: int) -> None:
-    plain = _best(runs, "plain")
-    print(f"\nUpload of {size_mib} MiB to the fake Strand server (fastest of the repeats per column;")
-    print("CPU s = the client process's own CPU time, which a busy machine disturbs less than MiB/s)")
+    repeats = len(_runs_of(runs, "plain"))
+    print(f"\nUpload of {size_mib} MiB to the fake Strand server (clean: the median of {repeats} repeats;")
+    print("vs plain: the median of the repeats' own ratios; CPU s = the client process's own CPU time,")
+    print("which a busy machine disturbs less than MiB/s; RSS: the largest growth)")
     columns = f"{'client':<9} {'faults':<6} {'MiB/s':>6} {'vs plain':>8} {'CPU s':>6} {'RSS +MiB':>9}"
     print(f"{columns} {'same':>5}  outcome")
     for column in ("plain", "ours", "official"):
         for faulty in (False, True):
-            run = _best(runs, column, faulty)
-            if run is None:
+            mine = _runs_of(runs, column, faulty)
+            if not mine:
                 continue
-            ratio = f"{run.mib_s / plain.mib_s:.2f}" if run.mib_s and plain and plain.mib_s else "-"
-            speed = f"{run.mib_s:.0f}" if run.mib_s else "-"
-            rss = f"{run.rss_mib:.1f}" if run.rss_mib is not None else "-"
-            same = {None: "-", True: "yes", False: "NO"}[run.identical]
-            label = "1/20" if faulty else "none"
-            cpu = f"{run.cpu_s:.2f}" if run.cpu_s is not None else "-"
-            print(f"{column:<9} {label:<6} {speed:>6} {ratio:>8} {cpu:>6} {rss:>9} {same:>5}  {run.outcome}")
+            speed = _median_of([r.mib_s for r in mine if r.mib_s is not None])
+            ratio = None if faulty else _paired_ratio(runs, column, "plain")
+            cpu = _median_of([r.cpu_s for r in mine if r.cpu_s is not None])
+            rss = max((r.rss_mib for r in mine if r.rss_mib is not None), default=None)
+            identical = {r.identical for r in mine}
+            same = "NO" if False in identical else "yes" if True in identical else "-"
+            outcomes = sorted({r.outcome for r in mine})
+            print(
+                f"{column:<9} {'1/20' if faulty else 'none':<6} {_fmt(speed, '.0f'):>6} "
+                f"{_fmt(ratio, '.2f'):>8} {_fmt(cpu, '.2f'):>6} {_fmt(rss, '.1f'):>9} {same:>5}  "
+                + "; ".join(outcomes)
+            )
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def _verdict(runs: list[Run]) -> bool:
-    ours, plain, official = _best(runs, "ours"), _best(runs, "plain"), _best(runs, "official")
-    faulty = _best(runs, "ours", True)
     checks: list[tuple[str, bool]] = []
-    if ours and ours.mib_s and plain and plain.mib_s:
-        checks.append(
-            (f"ours / plain = {ours.mib_s / plain.mib_s:.2f} >= 0.8", ours.mib_s / plain.mib_s >= 0.8)
-        )
-    if ours and ours.mib_s and official and official.mib_s:
-        ratio = ours.mib_s / official.mib_s
-        checks.append((f"ours / official = {ratio:.2f} >= 1.0", ratio >= 1.0))
-    if ours and ours.rss_mib is not None:
-        checks.append((f"ours peak RSS growth {ours.rss_mib:.1f} MiB < 64", ours.rss_mib < 64))
-    if faulty:
-        checks.append(("ours byte-identical under faults", bool(faulty.identical)))
+    if (versus_plain := _paired_ratio(runs, "ours", "plain")) is not None:
+        checks.append((f"ours / plain = {versus_plain:.2f} >= 0.8", versus_plain >= 0.8))
+    if (versus_official := _paired_ratio(runs, "ours", "official")) is not None:
+        checks.append((f"ours / official = {versus_official:.2f} >= 1.0", versus_official >= 1.0))
+    growth = [r.rss_mib for r in _runs_of(runs, "ours") if r.rss_mib is not None]
+    if growth:
+        checks.append((f"ours peak RSS growth {max(growth):.1f} MiB < 64", max(growth) < 64))
+    if faulty := _runs_of(runs, "ours", True):
+        checks.append(("ours byte-identical under faults", all(r.identical for r in faulty)))
     print()
     for text, ok in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {text}")
@@ -280,7 +303,9 @@ def main() -> int:
     )
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--chunk-mib", type=int, default=8)
-    parser.add_argument("--repeat", type=int, default=3, help="clean runs per column; the best counts")
+    parser.add_argument(
+        "--repeat", type=int, default=5, help="clean runs per column; the median of the paired ratios counts"
+    )
     parser.add_argument("--sparse", action="store_true", help="a sparse file instead of generated bytes")
     parser.add_argument("--no-official", action="store_true", help="skip the official SDK column")
     parser.add_argument("--official-venv", help="reuse (or create) the official SDK's venv here")
@@ -304,7 +329,7 @@ def main() -> int:
         for repeat in range(args.repeat):
             # Rotate the order so that drifting machine load does not favour one column.
             order = columns[repeat % len(columns) :] + columns[: repeat % len(columns)]
-            runs.extend(bench.run(column, False, source_sha) for column in order)
+            runs.extend(bench.run(column, False, source_sha, repeat) for column in order)
         runs.extend(bench.run(column, True, source_sha) for column in columns if column != "plain")
         _table(runs, args.size_mib)
         return 0 if _verdict(runs) else 1
