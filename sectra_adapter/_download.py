@@ -6,6 +6,14 @@ file of the download (finished or not) is removed, because a partial set of
 DICOM instances is as useless as a partial file. A body that can be read into
 caller-supplied memory (`ReadInto`, what the adapter's urllib3 transport
 offers) is received into a small `BufferPool`, with no new object per read.
+
+The digest is SHA-256 on purpose: it is the run's record of what Sectra sent
+(each staged file's `sha256`, and the run's `source_sha256` over them), which an
+auditor checks with `sha256sum` or a FIPS-mode OpenSSL. It costs ~0.6 CPU-s per
+GiB on its own thread, beside a transfer that is network-bound in a pod; only on
+a machine whose cores the server shares does it cost time (`bench/download.py
+--digest-rows` shows both). BLAKE3, ~4x faster on the benches' machines, would
+need renamed fields and is not FIPS-approved.
 """
 
 from __future__ import annotations
