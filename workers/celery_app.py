@@ -17,8 +17,9 @@ QUEUE = "bridge"
 
 # Longer than the longest single step (a multi-GiB slide download or upload on a slow
 # hospital uplink). Kombu re-delivers an unacked message only after this long, so crash
-# recovery does not rely on it: every worker's recovery sweep (`workers.tasks.recover_runs`, run at
-# start-up and every few seconds) re-drives a run once its lease lapsed and its step is overdue.
+# recovery does not rely on it: the recovery sweep (`workers.tasks.recover_runs`, offered by every
+# worker at start-up and every few seconds, run by one at a time) re-drives a run once its lease
+# lapsed and its step is overdue.
 VISIBILITY_TIMEOUT_SECONDS = 6 * 3600
 
 

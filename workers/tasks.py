@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+import redis
 from celery import Task
 
 from workers import case, runtime
@@ -69,6 +70,19 @@ def is_stalled(
     return step is None or step.started or queued == 0
 
 
+def take_recovery_turn(client: redis.Redis, prefix: str, seconds: float, holder: str) -> bool:
+    """Whether this worker sweeps now: one sweep per interval for the whole deployment.
+
+    Every worker offers to sweep every interval and the first to set the turn key does; the key
+    expires after `seconds` by itself (never released), so a worker that dies mid-sweep hands the
+    turn on within one interval and recovery is no slower than with every worker sweeping. Before,
+    each of P workers read every unfinished run: Redis commands and CPU grew as pods x runs in
+    flight, for nothing. `holder` names the worker (host and pid) for whoever looks at the key.
+    """
+    key = f"{prefix}:recovery-turn"
+    return bool(client.set(key, holder, nx=True, px=max(1, int(seconds * 1000))))
+
+
 @celery_app.task(name=RECOVER_TASK)
 def recover_runs(grace: float | None = None) -> int:
     """Re-drive runs whose scheduled step is overdue and that no worker holds (a worker died).
@@ -80,9 +94,9 @@ def recover_runs(grace: float | None = None) -> int:
     holds messages: it is waiting its turn there (`workers.scheduler`). Re-driving
     supersedes the lost step's token, so a late redelivery of it does nothing.
 
-    Every worker runs this every third of a lease over every unfinished run, so it reads only
-    what the decision needs, a page of runs per round trip (`RunStore.last_changes`,
-    `StepScheduler.held_and_current`).
+    One worker a turn (`take_recovery_turn`) runs this every third of a lease over every unfinished
+    run, so it reads only what the decision needs, a page of runs per round trip
+    (`RunStore.last_changes`, `StepScheduler.held_and_current`).
     """
     ctx = runtime.context()
     client = runtime.redis_client()

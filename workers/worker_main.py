@@ -2,8 +2,9 @@
 
 The thread pool suits this workload (network and disk bound; numpy and zstd
 release the GIL) and keeps Prometheus metrics in one process. Crash recovery
-does not depend on the pool: a sweep re-drives any run whose lease lapsed and whose step is
-overdue, and a janitor removes this pod's slide files of runs that ended (see `workers.janitor`).
+does not depend on the pool: a sweep (one worker's turn at a time) re-drives any run whose lease
+lapsed and whose step is overdue, and a janitor removes this pod's slide files of runs that ended
+(see `workers.janitor`).
 """
 
 from __future__ import annotations
@@ -22,15 +23,23 @@ from workers.janitor import start_janitor
 from workers.observability import QUEUE_DEPTH, configure_logging
 from workers.priority import queue_keys
 from workers.settings import get_settings
-from workers.tasks import recover_runs
+from workers.tasks import recover_runs, take_recovery_turn
 
 log = logging.getLogger(__name__)
 
 
+# A turn lasts this share of the interval, so the worker that swept last can take the next turn on
+# its own schedule, and a dead worker's turn has lapsed before the others next offer.
+_TURN_SHARE = 0.9
+
+
 def _sweep_forever(stop: threading.Event, interval: float) -> None:
+    holder = f"{socket.gethostname()}:{os.getpid()}"
     while True:  # at once on start-up: a replacement worker picks up its dead predecessor's runs
         try:
-            recover_runs()
+            client, prefix = runtime.redis_client(), runtime.context().store.prefix
+            if take_recovery_turn(client, prefix, interval * _TURN_SHARE, holder):
+                recover_runs()
             QUEUE_DEPTH.set(sum(runtime.redis_client().llen(key) for key in queue_keys(QUEUE)))
         except Exception as exc:  # the sweep must outlive a Redis blip
             log.warning("recovery sweep failed", extra={"error_type": type(exc).__name__})

@@ -11,7 +11,7 @@ from workers.janitor import sweep
 from workers.runstore import RunStatus, RunStore
 from workers.scheduler import ScheduledStep, StepScheduler
 from workers.staging import Staging
-from workers.tasks import due_time, is_stalled
+from workers.tasks import due_time, is_stalled, take_recovery_turn
 
 
 def _run(store: RunStore, slide: str) -> str:
@@ -164,3 +164,16 @@ def test_the_sweep_sees_leases_and_steps_as_the_one_at_a_time_reads_do(
     assert views == expected
     assert [held for held, _ in views] == [False, True, False, True]
     assert views[1][1] is not None and views[1][1].started and views[2][1] is None
+
+
+def test_one_worker_a_turn_sweeps_and_the_turn_lapses_by_itself(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    """P workers used to read every unfinished run P times an interval; now one does, whoever
+    offers first, and a worker that dies holding the turn loses it within the interval."""
+    assert take_recovery_turn(redis_client, key_prefix, 4.5, "pod-a:1")
+    assert not take_recovery_turn(redis_client, key_prefix, 4.5, "pod-b:7"), "the same interval: no"
+    key = f"{key_prefix}:recovery-turn"
+    assert redis_client.get(key) == b"pod-a:1"
+    # Redis itself expires the turn (no release to forget): within the 4.5 s asked for.
+    assert 0 < redis_client.pttl(key) <= 4500
