@@ -35,7 +35,10 @@ _TURN_SHARE = 0.9
 
 def _sweep_forever(stop: threading.Event, interval: float) -> None:
     holder = f"{socket.gethostname()}:{os.getpid()}"
-    while True:  # at once on start-up: a replacement worker picks up its dead predecessor's runs
+    # At once on start-up, unless another worker has the turn: then that sweep re-drives a dead
+    # predecessor's runs. A sweep longer than its turn may overlap the next: harmless, since
+    # re-driving supersedes the step's token.
+    while True:
         try:
             client, prefix = runtime.redis_client(), runtime.context().store.prefix
             if take_recovery_turn(client, prefix, interval * _TURN_SHARE, holder):
