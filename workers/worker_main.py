@@ -43,7 +43,7 @@ def _sweep_forever(stop: threading.Event, interval: float) -> None:
             client, prefix = runtime.redis_client(), runtime.context().store.prefix
             if take_recovery_turn(client, prefix, interval * _TURN_SHARE, holder):
                 recover_runs()
-            QUEUE_DEPTH.set(sum(runtime.redis_client().llen(key) for key in queue_keys(QUEUE)))
+            QUEUE_DEPTH.set(sum(client.llen(key) for key in queue_keys(QUEUE)))
         except Exception as exc:  # the sweep must outlive a Redis blip
             log.warning("recovery sweep failed", extra={"error_type": type(exc).__name__})
         if stop.wait(interval):
